@@ -1,0 +1,103 @@
+# slurmlab — a real Slurm cluster on one machine.   `make help` lists the targets.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+include .env
+export
+
+# Docker Compose v2 plugin if present, else the standalone v1 tool.
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+GPUS ?= 0
+COMPOSE_FILES := -f docker-compose.yml $(if $(filter 1,$(GPUS)),-f docker-compose.gpu.yml)
+ifeq ($(GPUS),1)
+export SLURMLAB_GPU_MODE := nvidia
+endif
+DC := $(COMPOSE) $(COMPOSE_FILES)
+# Commands in the cluster run as the unprivileged job user, from the checkout.
+AS_USER := $(DC) exec -T -u slurmlab slurmctld
+
+VENV := .venv
+PYTEST_ARGS ?=
+CONFIG ?= jobs/configs/simple_cnn_synthetic.yaml
+JOB ?= jobs/train_ddp.sbatch
+ARGS ?=
+
+.PHONY: help
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+	  awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+## ---- cluster -----------------------------------------------------------------------------
+
+.PHONY: image
+image: ## Build the cluster image (and debian:trixie-slim locally if no registry has it)
+	@scripts/ensure-base-image.sh
+	@scripts/build-image.sh
+
+.PHONY: up
+up: image ## Start the cluster and wait until every node is idle with its GPU
+	@$(DC) up -d --remove-orphans
+	@scripts/wait-ready.sh
+
+.PHONY: down
+down: ## Stop the cluster (state, accounting, secrets and /shared are kept)
+	@$(DC) down --remove-orphans
+
+.PHONY: clean
+clean: ## Stop the cluster and delete ALL its state: accounting DB, job state, secrets, /shared
+	@$(DC) down --volumes --remove-orphans
+
+.PHONY: status
+status: ## Nodes, queue and recent jobs in one screen
+	@scripts/status.sh
+
+.PHONY: logs
+logs: ## Follow a job's rank-0 output (JOB=<id>), or the daemons' logs
+	@if [[ -n "$${JOB_ID:-}" || "$(JOB)" =~ ^[0-9]+$$ ]]; then scripts/job-log.sh "$${JOB_ID:-$(JOB)}"; \
+	 else $(DC) logs -f --tail=100; fi
+
+.PHONY: shell
+shell: ## Open a shell on the controller (login node) as the job user
+	@$(DC) exec -u slurmlab slurmctld bash -l
+
+## ---- jobs ------------------------------------------------------------------------------
+
+.PHONY: train
+train: up ## Run the 4-node DDP training job through sbatch and follow it to the end
+	@scripts/train.sh $(ARGS)
+
+.PHONY: submit
+submit: up ## Submit a job file (JOB=jobs/....sbatch ARGS="key=value ...") and follow it
+	@scripts/train.sh --job $(JOB) $(ARGS)
+
+## ---- development ------------------------------------------------------------------------
+
+$(VENV)/.installed: tests/requirements.txt
+	@python3 -m venv $(VENV)
+	@$(VENV)/bin/pip install -q -r tests/requirements.txt
+	@touch $@
+
+.PHONY: lint
+lint: $(VENV)/.installed ## ruff and shellcheck
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check trainer tests jobs scripts bench 2>/dev/null || \
+	  { echo "ruff format: run '$(VENV)/bin/ruff format trainer tests jobs scripts'"; exit 1; }
+	@$(VENV)/bin/shellcheck $$(git ls-files '*.sh' 'images/*.sh' '.ci/run' 'jobs/*.sbatch')
+
+.PHONY: test-unit
+test-unit: image ## Trainer tests (CPU, multi-process gloo) inside the job image
+	@docker run --rm -u "$(JOB_UID)" -e HOME=/tmp -v "$(CURDIR):/workspace:ro" -w /workspace \
+	  --shm-size=1g $(SLURMLAB_IMAGE) python -m pytest -p no:cacheprovider -q tests/unit $(PYTEST_ARGS)
+
+.PHONY: test-cluster
+test-cluster: image $(VENV)/.installed ## End-to-end tests on a real, throwaway cluster
+	@$(VENV)/bin/pytest -p no:cacheprovider -q tests/cluster $(PYTEST_ARGS)
+
+.PHONY: test
+test: lint test-unit test-cluster ## All tests: lint, unit, end-to-end (builds what is missing)
+
+.PHONY: bench
+bench: image ## Throughput benchmarks (CPU here; GPU where one is present)
+	@docker run --rm -u "$(JOB_UID)" -e HOME=/tmp -v "$(CURDIR):/workspace:ro" -w /workspace \
+	  --shm-size=1g $(SLURMLAB_IMAGE) python -m bench $(ARGS)

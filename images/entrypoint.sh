@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# One entrypoint for every container of the cluster; the first argument is the role:
+#   mariadb | slurmdbd | slurmctld | slurmd
+# Any other command is run as given (e.g. `docker run IMAGE python -m pytest`).
+#
+# Per-cluster secrets are created here on first start, into volumes, never into the image:
+#   /etc/munge/munge.key          (volume "munge",     0400 munge)  every Slurm container
+#   /run/slurmlab/db/password     (volume "db-secret", 0400 root)   mariadb and slurmdbd only
+set -euo pipefail
+
+readonly CONFIG_SRC=${SLURMLAB_CONFIG_DIR:-/workspace/slurm}
+readonly SLURM_ETC=/etc/slurm
+readonly MUNGE_KEY=/etc/munge/munge.key
+readonly DB_SECRET_DIR=/run/slurmlab/db
+readonly DB_PASSWORD_FILE=${DB_SECRET_DIR}/password
+readonly SHARED=${SLURMLAB_SHARED:-/shared}
+readonly JOB_USER=${SLURMLAB_JOB_USER:-slurmlab}
+
+log() { printf '[slurmlab-entrypoint %s] %s\n' "$(hostname)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# Run "$@" once per secret even when several containers start together on a fresh volume.
+with_lock() {
+    local lockfile=$1; shift
+    exec {lock_fd}>"${lockfile}"
+    flock "${lock_fd}"
+    "$@"
+    flock -u "${lock_fd}"
+}
+
+create_munge_key() {
+    if [[ ! -s ${MUNGE_KEY} ]]; then
+        log "creating this cluster's munge key"
+        (umask 077 && head -c 1024 /dev/urandom >"${MUNGE_KEY}.new")
+        mv "${MUNGE_KEY}.new" "${MUNGE_KEY}"
+    fi
+    chown munge:munge /etc/munge "${MUNGE_KEY}"
+    chmod 0700 /etc/munge
+    chmod 0400 "${MUNGE_KEY}"
+}
+
+start_munge() {
+    with_lock /etc/munge/.keygen.lock create_munge_key
+    install -d -o munge -g munge -m 0755 /run/munge
+    install -d -o munge -g munge -m 0700 /var/lib/munge /var/log/munge
+    runuser -u munge -- /usr/sbin/munged --force
+    # Fail here, with a clear message, rather than later as "Invalid credential" in a daemon.
+    munge -n </dev/null | unmunge >/dev/null || die "munge does not work (key: ${MUNGE_KEY})"
+}
+
+create_db_password() {
+    if [[ ! -s ${DB_PASSWORD_FILE} ]]; then
+        log "creating this cluster's database password"
+        (umask 077 && head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' >"${DB_PASSWORD_FILE}.new")
+        mv "${DB_PASSWORD_FILE}.new" "${DB_PASSWORD_FILE}"
+    fi
+    chown root:root "${DB_SECRET_DIR}" "${DB_PASSWORD_FILE}"
+    chmod 0700 "${DB_SECRET_DIR}"
+    chmod 0400 "${DB_PASSWORD_FILE}"
+}
+
+ensure_db_password() {
+    install -d -m 0700 "${DB_SECRET_DIR}"
+    with_lock "${DB_SECRET_DIR}/.keygen.lock" create_db_password
+}
+
+# slurm.conf and cgroup.conf are read live from the checkout (edit, then `scontrol reconfigure`);
+# only files that depend on the container (gres.conf) or hold secrets (slurmdbd.conf) are rendered.
+link_slurm_config() {
+    [[ -f ${CONFIG_SRC}/slurm.conf ]] || die "${CONFIG_SRC}/slurm.conf not found: is the checkout mounted at /workspace?"
+    install -d -m 0755 "${SLURM_ETC}"
+    ln -sfn "${CONFIG_SRC}/slurm.conf" "${SLURM_ETC}/slurm.conf"
+    ln -sfn "${CONFIG_SRC}/cgroup.conf" "${SLURM_ETC}/cgroup.conf"
+    install -d -o slurm -g slurm -m 0755 /var/log/slurm
+}
+
+run_mariadb() {
+    ensure_db_password
+    install -d -o mysql -g mysql -m 0755 /run/mysqld
+    cat >/etc/mysql/mariadb.conf.d/99-slurmlab.cnf <<'EOF'
+# Written by the slurmlab entrypoint. Values recommended by Slurm's accounting guide, sized small.
+[mysqld]
+bind-address = 0.0.0.0
+innodb_buffer_pool_size = 128M
+innodb_lock_wait_timeout = 900
+innodb_log_file_size = 64M
+EOF
+    if [[ ! -d /var/lib/mysql/mysql ]]; then
+        log "initialising the accounting database"
+        chown mysql:mysql /var/lib/mysql
+        mariadb-install-db --user=mysql --datadir=/var/lib/mysql --skip-test-db \
+            --auth-root-authentication-method=socket >/dev/null
+        mariadbd --user=mysql --skip-networking --socket=/run/mysqld/init.sock &
+        local pid=$! tries=0
+        until mariadb --protocol=socket --socket=/run/mysqld/init.sock -uroot -e 'SELECT 1' >/dev/null 2>&1; do
+            (( ++tries < 60 )) || die "temporary MariaDB did not start"
+            sleep 0.5
+        done
+        # The password goes through stdin, never a command line or a log.
+        mariadb --protocol=socket --socket=/run/mysqld/init.sock -uroot <<EOF
+CREATE DATABASE IF NOT EXISTS slurm_acct_db;
+CREATE USER IF NOT EXISTS 'slurm'@'%' IDENTIFIED BY '$(cat "${DB_PASSWORD_FILE}")';
+GRANT ALL PRIVILEGES ON slurm_acct_db.* TO 'slurm'@'%';
+FLUSH PRIVILEGES;
+EOF
+        mariadb-admin --protocol=socket --socket=/run/mysqld/init.sock -uroot shutdown
+        wait "${pid}"
+    fi
+    exec mariadbd --user=mysql
+}
+
+run_slurmdbd() {
+    ensure_db_password
+    start_munge
+    link_slurm_config
+    local password
+    password=$(cat "${DB_PASSWORD_FILE}")
+    (umask 077 && sed "s|@DB_PASSWORD@|${password}|" "${CONFIG_SRC}/slurmdbd.conf.template" \
+        >"${SLURM_ETC}/slurmdbd.conf")
+    chown slurm:slurm "${SLURM_ETC}/slurmdbd.conf"
+    chmod 0600 "${SLURM_ETC}/slurmdbd.conf"
+    exec slurmdbd -D
+}
+
+prepare_shared() {
+    install -d -o "${JOB_USER}" -g "${JOB_USER}" -m 0755 "${SHARED}"
+    local sub
+    for sub in data runs logs submitit; do
+        install -d -o "${JOB_USER}" -g "${JOB_USER}" -m 0755 "${SHARED}/${sub}"
+    done
+}
+
+run_slurmctld() {
+    start_munge
+    link_slurm_config
+    prepare_shared
+    install -d -o slurm -g slurm -m 0700 /var/spool/slurmctld
+    chown -R slurm:slurm /var/spool/slurmctld
+    # Register the cluster before the controller's first start so sacct sees the very first job.
+    local cluster
+    cluster=$(sed -n 's/^ClusterName=//p' "${SLURM_ETC}/slurm.conf")
+    if [[ -z $(sacctmgr -n -P show cluster "${cluster}" format=cluster) ]]; then
+        log "registering cluster ${cluster} in accounting"
+        sacctmgr -i add cluster "${cluster}" >/dev/null
+    fi
+    exec slurmctld -D
+}
+
+# gres.conf names the GPU device files this node really has. With real GPUs the container runtime
+# provides /dev/nvidiaN; without them (SLURMLAB_GPU_MODE=emulated) we create a character device with
+# NVIDIA's major number so Slurm schedules it and sets CUDA_VISIBLE_DEVICES exactly as on a real node,
+# while CUDA itself finds no GPU and jobs fall back to CPU.
+write_gres_conf() {
+    local mode=${SLURMLAB_GPU_MODE:-emulated} devices=()
+    shopt -s nullglob
+    devices=(/dev/nvidia[0-9]*)
+    if (( ${#devices[@]} == 0 )); then
+        [[ ${mode} == emulated ]] || die "SLURMLAB_GPU_MODE=${mode} but no /dev/nvidiaN device is visible; check the NVIDIA container runtime or use SLURMLAB_GPU_MODE=emulated"
+        mknod -m 0666 /dev/nvidia0 c 195 0
+        devices=(/dev/nvidia0)
+    fi
+    {
+        echo "# Written by the slurmlab entrypoint for $(hostname) (GPU mode: ${mode})."
+        local dev
+        for dev in "${devices[@]}"; do echo "Name=gpu File=${dev}"; done
+    } >"${SLURM_ETC}/gres.conf"
+}
+
+run_slurmd() {
+    start_munge
+    link_slurm_config
+    write_gres_conf
+    install -d -m 0755 /var/spool/slurmd
+    exec slurmd -D -N "$(hostname)"
+}
+
+case ${1:-} in
+    mariadb) run_mariadb ;;
+    slurmdbd) run_slurmdbd ;;
+    slurmctld) run_slurmctld ;;
+    slurmd) run_slurmd ;;
+    "") die "no role given: expected one of mariadb, slurmdbd, slurmctld, slurmd" ;;
+    *) exec "$@" ;;
+esac
