@@ -1,0 +1,178 @@
+"""The cluster itself: daemons, nodes, GRES, accounting, secrets, users."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import tarfile
+
+import pytest
+from conftest import REPO, Cluster
+
+
+def compose_nodes(cluster: Cluster) -> list[str]:
+    services = cluster.dc("config", "--services").stdout.split()
+    return sorted(s for s in services if re.fullmatch(r"node\d+", s))
+
+
+def test_cluster_comes_up_with_every_node_idle_and_one_gpu_each(cluster: Cluster) -> None:
+    rows = [line.split() for line in cluster.login("sinfo -h -N -o '%N %P %t %G'").splitlines()]
+    assert (
+        sorted(r[0] for r in rows) == compose_nodes(cluster) == ["node1", "node2", "node3", "node4"]
+    )
+    for name, partition, state, gres in rows:
+        assert partition == "gpu*", f"{name} should be in the default partition gpu"
+        assert state == "idle", f"{name} is {state}"
+        assert gres.startswith("gpu:1"), f"{name} advertises {gres}"
+
+
+def test_hostnames_are_slurm_node_names(cluster: Cluster) -> None:
+    for node in compose_nodes(cluster):
+        assert cluster.run("hostname", service=node).stdout.strip() == node
+
+
+def test_srun_reaches_all_four_nodes(cluster: Cluster) -> None:
+    assert sorted(cluster.login("srun -N4 hostname").split()) == compose_nodes(cluster)
+
+
+def test_batch_job_sees_rank_task_count_and_gpu_on_every_node(cluster: Cluster) -> None:
+    out = cluster.tmp_path("env") + ".out"
+    script = (
+        "srun bash -c 'echo host=$(hostname) rank=$SLURM_PROCID"
+        " ntasks=$SLURM_NTASKS gpu=$CUDA_VISIBLE_DEVICES'"
+    )
+    job, rc = cluster.sbatch(f"-N4 --ntasks-per-node=1 --gpus-per-node=1 -o {out}", script)
+    assert rc == 0
+    lines = sorted(cluster.login(f"cat {out}").splitlines())
+    ranks = [dict(kv.split("=", 1) for kv in line.split()) for line in lines]
+    assert sorted(int(r["rank"]) for r in ranks) == [0, 1, 2, 3]
+    assert {r["ntasks"] for r in ranks} == {"4"}
+    assert {r["gpu"] for r in ranks} == {"0"}, "Slurm must bind each task to its node's one GPU"
+    assert sorted(r["host"] for r in ranks) == compose_nodes(cluster)
+
+    state, nnodes, exit_code = cluster.sacct(job)
+    assert (state, nnodes, exit_code) == ("COMPLETED", "4", "0:0")
+
+
+def test_failing_job_is_failed_in_accounting_with_its_exit_code(cluster: Cluster) -> None:
+    out = cluster.tmp_path("fail") + ".out"
+    job, rc = cluster.sbatch(f"-N2 -o {out}", "echo about to fail; exit 3")
+    assert rc == 3
+    assert cluster.sacct(job) == ["FAILED", "2", "3:0"]
+    assert "about to fail" in cluster.login(f"cat {out}")
+
+
+@pytest.mark.parametrize(
+    ("request_args", "reason"),
+    [
+        ("-N1 --gres=gpu:2", "Requested node configuration is not available"),
+        ("-N1 --gpus-per-node=2", "Requested node configuration is not available"),
+        ("-N5 --gpus-per-node=1", "Requested node configuration is not available"),
+    ],
+)
+def test_impossible_gpu_request_is_rejected_with_a_reason(
+    cluster: Cluster, request_args: str, reason: str
+) -> None:
+    proc = cluster.run(f"sbatch {request_args} --wrap hostname", check=False)
+    assert proc.returncode != 0
+    assert reason in proc.stderr
+    assert "Submitted" not in proc.stdout
+
+
+def test_jobs_run_as_the_unprivileged_job_user(cluster: Cluster) -> None:
+    ids = cluster.login("srun -N4 id -un").split()
+    assert ids == ["slurmlab"] * 4
+
+
+def test_munge_key_is_one_per_cluster_0400_and_unreadable_by_jobs(cluster: Cluster) -> None:
+    digests = set()
+    for service in ["slurmdbd", "slurmctld", *compose_nodes(cluster)]:
+        stat = cluster.run("stat -c '%a %U' /etc/munge/munge.key", service=service, user="root")
+        assert stat.stdout.split() == ["400", "munge"], service
+        key = cluster.run("base64 -w0 /etc/munge/munge.key", service=service, user="root").stdout
+        digests.add(hashlib.sha256(key.encode()).hexdigest())
+    assert len(digests) == 1, "every container must share the cluster's one munge key"
+    denied = cluster.run("srun -N1 cat /etc/munge/munge.key", check=False)
+    assert denied.returncode != 0 and "Permission denied" in denied.stderr
+
+
+def test_db_password_is_private_to_the_database_and_slurmdbd(cluster: Cluster) -> None:
+    stat = cluster.run("stat -c '%a %U' /run/slurmlab/db/password", service="mariadb", user="root")
+    assert stat.stdout.split() == ["400", "root"]
+    conf = cluster.run("stat -c '%a %U' /etc/slurm/slurmdbd.conf", service="slurmdbd", user="root")
+    assert conf.stdout.split() == ["600", "slurm"]
+    # Nodes and the login node never even mount it.
+    for service in ["slurmctld", "node1"]:
+        assert cluster.run(
+            "test -e /run/slurmlab/db/password", service=service, user="root", check=False
+        ).returncode
+
+
+def image_name() -> str:
+    env = dict(
+        line.split("=", 1)
+        for line in (REPO / ".env").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    return env["SLURMLAB_IMAGE"]
+
+
+def test_no_secret_in_any_image_layer() -> None:
+    """Scan every layer of the image (not just its final filesystem) for key material."""
+    forbidden = re.compile(
+        r"(^|/)(etc/munge/munge\.key|etc/slurm/slurmdbd\.conf|run/slurmlab/db/.*)$"
+    )
+    save = subprocess.Popen(["docker", "save", image_name()], stdout=subprocess.PIPE)
+    assert save.stdout is not None
+    found: list[str] = []
+    layers = 0
+    with tarfile.open(fileobj=save.stdout, mode="r|") as image:
+        for member in image:
+            if not member.isfile():
+                continue
+            blob = image.extractfile(member)
+            assert blob is not None
+            try:
+                with tarfile.open(fileobj=blob, mode="r|") as layer:
+                    layers += 1
+                    found += [f"{member.name}: {m.name}" for m in layer if forbidden.search(m.name)]
+            except tarfile.ReadError:
+                continue  # manifest/config JSON, not a layer
+    assert save.wait() == 0
+    assert layers >= 2, "expected to have scanned the image's layers"
+    assert found == []
+    history = subprocess.run(
+        ["docker", "history", "--no-trunc", image_name()],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "munge.key" not in history.replace("rm -f /etc/munge/munge.key", "")
+
+
+def test_no_port_is_published_beyond_loopback(cluster: Cluster) -> None:
+    ids = cluster.dc("ps", "-q").stdout.split()
+    assert len(ids) == 7
+    for cid in ids:
+        ports = subprocess.run(
+            ["docker", "inspect", "-f", "{{json .HostConfig.PortBindings}}", cid],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for host_ip in re.findall(r'"HostIp":"([^"]*)"', ports):
+            assert host_ip == "127.0.0.1", (
+                f"container {cid} publishes a port on {host_ip or 'all interfaces'}"
+            )
+
+
+def test_containers_are_not_privileged(cluster: Cluster) -> None:
+    for cid in cluster.dc("ps", "-q").stdout.split():
+        privileged = subprocess.run(
+            ["docker", "inspect", "-f", "{{.HostConfig.Privileged}}", cid],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        assert privileged == "false", cid
