@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Submit the DDP trainer to Slurm with submitit.
+
+    python jobs/submit.py                                  # 4-node DDP run of the default config
+    python jobs/submit.py --nodes 2 model=simple_cnn epochs=3
+    python jobs/submit.py --sweep lr=0.05,0.1,0.2 --config jobs/configs/simple_cnn_synthetic.yaml
+
+Run it from the project checkout on a login node (in slurmlab: `make shell`). The submitit folder
+must be on a filesystem that every node sees at the same path (default: $SLURMLAB_SHARED/submitit).
+
+Timeouts and preemption: submitit asks Slurm for USR2 shortly before the time limit; the task's
+checkpoint() requeues the job (same job id), and the next run resumes from the trainer's latest
+periodic checkpoint in /shared/runs/<job id>/checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python jobs/submit.py` puts jobs/ on sys.path, not the checkout
+    sys.path.insert(0, str(REPO))
+
+from trainer.config import ConfigError, load_config  # noqa: E402
+
+DEFAULT_CONFIG = "jobs/configs/resnet50_cifar10.yaml"
+SHARED = os.environ.get("SLURMLAB_SHARED", "/shared")
+
+
+class TrainTask(submitit.helpers.Checkpointable):
+    """One trainer rank. submitit starts one per task; each reads its rank from Slurm's env."""
+
+    def __init__(self, config: str, overrides: list[str]) -> None:
+        self.config = config
+        self.overrides = overrides
+
+    def __call__(self) -> dict[str, Any]:
+        from trainer.train import run
+
+        cfg = load_config(self.config, self.overrides)
+        # submitit owns USR2 here: it calls checkpoint() below and requeues. The trainer's own
+        # periodic checkpoints are what the requeued run resumes from.
+        return run(cfg, handle_signals=False)
+
+    # checkpoint() is inherited: it resubmits this same task, which resumes from the latest
+    # checkpoint of the run. It runs on rank 0 only and must not use collectives.
+
+
+def slurm_parameters(
+    name: str, nodes: int, gpus_per_node: int, timeout_min: int, partition: str | None
+) -> dict[str, Any]:
+    """sbatch parameters in submitit's SlurmExecutor vocabulary (golden-file tested)."""
+    params: dict[str, Any] = {
+        "job_name": name,
+        "nodes": nodes,
+        "ntasks_per_node": 1,
+        "gpus_per_node": gpus_per_node,
+        "cpus_per_task": 1,
+        "time": timeout_min,
+        "signal_delay_s": 120,
+        "additional_parameters": {"requeue": True},
+    }
+    if partition:
+        params["partition"] = partition
+    return params
+
+
+def make_executor(folder: str, params: dict[str, Any]) -> submitit.SlurmExecutor:
+    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=3)
+    executor.update_parameters(**params)
+    return executor
+
+
+def sweep_grid(specs: list[str]) -> list[list[str]]:
+    """`lr=0.05,0.1 epochs=2,3` -> every combination, as lists of overrides."""
+    axes = []
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        if not sep or not key or not values:
+            raise SystemExit(f"error: --sweep takes key=v1,v2,... (got {spec!r})")
+        axes.append([f"{key}={v}" for v in values.split(",")])
+    return [list(combo) for combo in itertools.product(*axes)]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--config", default=os.environ.get("CONFIG", DEFAULT_CONFIG))
+    p.add_argument("--nodes", type=int, default=4)
+    p.add_argument("--gpus-per-node", type=int, default=1)
+    p.add_argument("--timeout-min", type=int, default=120)
+    p.add_argument("--partition", default=None)
+    p.add_argument("--folder", default=f"{SHARED}/submitit/%j")
+    p.add_argument("--sweep", nargs="+", metavar="KEY=V1,V2", help="job array over a grid")
+    p.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    grid = sweep_grid(args.sweep) if args.sweep else [[]]
+    # Reject a bad config or override before anything is submitted.
+    try:
+        for point in grid:
+            load_config(args.config, [*args.overrides, *point])
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    if args.sweep:
+        # Each grid point is an independent single-node run: one job array.
+        params = slurm_parameters("sweep", 1, args.gpus_per_node, args.timeout_min, args.partition)
+        executor = make_executor(args.folder, params)
+        tasks = [TrainTask(args.config, [*args.overrides, *point]) for point in grid]
+        jobs = executor.submit_array(tasks)
+        print(f"submitted job array {jobs[0].job_id.split('_')[0]} ({len(jobs)} tasks)", flush=True)
+        if args.no_wait:
+            return 0
+        print(f"{'job':<12} {'overrides':<40} {'val_acc':>8} {'epochs':>6}")
+        for job, point in zip(jobs, grid, strict=True):
+            result = job.result()
+            print(
+                f"{job.job_id:<12} {' '.join(point):<40} "
+                f"{result['val_acc']:>8.2f} {result['epochs_completed']:>6}"
+            )
+        return 0
+
+    params = slurm_parameters(
+        "ddp-submitit", args.nodes, args.gpus_per_node, args.timeout_min, args.partition
+    )
+    executor = make_executor(args.folder, params)
+    job = executor.submit(TrainTask(args.config, args.overrides))
+    print(
+        f"submitted job {job.job_id} ({args.nodes} nodes); output: {job.paths.stdout}", flush=True
+    )
+    if args.no_wait:
+        return 0
+    results = job.results()  # one per task (rank)
+    rank0 = results[0]
+    print(f"job {job.job_id}: {len(results)} ranks returned; rank 0: {rank0}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
