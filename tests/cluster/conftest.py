@@ -12,7 +12,7 @@ import shlex
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,11 +86,18 @@ class Cluster:
         self.run(f"mkdir -p $(dirname {path}) && cat > {path}", stdin=content)
         return path
 
-    def sbatch(self, args: str, script: str | None = None, timeout: float = 600) -> tuple[int, int]:
-        """Submit with --wait (a script body, or a job file in args); return (job id, exit code)."""
+    def sbatch(
+        self, args: str, script: str | None = None, timeout: float = 600, env: str = ""
+    ) -> tuple[int, int]:
+        """Submit with --wait (a script body, or a job file in args); return (job id, exit code).
+
+        env ("NAME=value ...") reaches the job through sbatch's default --export=ALL. Never
+        --export=ALL,NAME=value here: that makes slurmd load the user's login environment in a
+        new mount namespace, which an unprivileged container cannot create (slurmd dies).
+        """
         if script is not None:
             args += " " + self.write(self.tmp_path("job") + ".sh", "#!/bin/bash\n" + script)
-        proc = self.run(f"sbatch --parsable --wait {args}", check=False, timeout=timeout)
+        proc = self.run(f"{env} sbatch --parsable --wait {args}", check=False, timeout=timeout)
         first = proc.stdout.strip().splitlines()
         assert first, f"sbatch printed no job id:\n{proc.stderr}"
         return int(first[0].split(";")[0]), proc.returncode
@@ -110,6 +117,43 @@ class Cluster:
                 )
             time.sleep(1)
 
+    def submit(self, args: str, env: str = "") -> int:
+        """sbatch without waiting; return the job id (env: as for sbatch())."""
+        return int(self.login(f"{env} sbatch --parsable {args}").strip().split(";")[0])
+
+    def state(self, job: int) -> str:
+        """The job's state as the controller sees it (sacct once it has left the queue)."""
+        return self.queued_state(job) or self.login(f"sacct -X -n -P -j {job} -o State").strip()
+
+    def queued_state(self, job: int) -> str:
+        """The job's state in the queue, "" once it has left (squeue fails for unknown ids)."""
+        return self.run(f"squeue -h -j {job} -o %T", check=False).stdout.strip()
+
+    def wait_for(self, what: str, predicate: Callable[[], bool], timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            time.sleep(1)
+
+    def wait_log(self, path: str, pattern: str, timeout: float = 300) -> None:
+        """Wait until a file on /shared matches a regex (grep -E)."""
+        self.wait_for(
+            f"{pattern!r} in {path}",
+            lambda: (
+                self.run(f"grep -qE {shlex.quote(pattern)} {path}", check=False).returncode == 0
+            ),
+            timeout,
+        )
+
+    def wait_done(self, job: int, timeout: float = 600) -> list[str]:
+        self.wait_for(
+            f"job {job} to leave the queue",
+            lambda: not self.queued_state(job),
+            timeout,
+        )
+        return self.sacct(job)
+
     def tmp_path(self, stem: str) -> str:
         """A fresh path under /shared, visible at the same place on every node."""
         return f"/shared/tests/{stem}-{uuid.uuid4().hex[:8]}"
@@ -128,5 +172,5 @@ def cluster() -> Iterator[Cluster]:
     if proc.returncode != 0:
         pytest.fail(f"make up failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     c = Cluster(PROJECT, up_seconds=time.monotonic() - started)
-    c.run("mkdir -p /shared/tests")
+    c.run("mkdir -p /shared/tests/logs")
     yield c

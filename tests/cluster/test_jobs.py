@@ -12,6 +12,7 @@ import pytest
 from conftest import Cluster
 
 CONFIG = "jobs/configs/simple_cnn_synthetic.yaml"
+ENV = f"CONFIG={CONFIG}"
 CHANCE = 10.0  # % accuracy of guessing among 10 classes
 
 
@@ -27,9 +28,7 @@ def job_log(cluster: Cluster, job: int) -> str:
 
 @pytest.fixture(scope="module")
 def ddp_job(cluster: Cluster) -> tuple[int, int]:
-    return cluster.sbatch(
-        f"--output=/shared/tests/logs/%j.out --export=ALL,CONFIG={CONFIG} jobs/train_ddp.sbatch"
-    )
+    return cluster.sbatch("--output=/shared/tests/logs/%j.out jobs/train_ddp.sbatch", env=ENV)
 
 
 def test_ddp_sbatch_job_completes_on_four_nodes(cluster: Cluster, ddp_job: tuple[int, int]) -> None:
@@ -60,8 +59,7 @@ def test_ddp_sbatch_job_learns_and_leaves_checkpoint_and_curves(
 
 def test_torchrun_variant_trains_on_two_nodes(cluster: Cluster) -> None:
     job, rc = cluster.sbatch(
-        f"--output=/shared/tests/logs/%j.out --export=ALL,CONFIG={CONFIG} "
-        "jobs/train_torchrun.sbatch"
+        "--output=/shared/tests/logs/%j.out jobs/train_torchrun.sbatch", env=ENV
     )
     log = job_log(cluster, job)
     assert rc == 0, log[-3000:]
@@ -72,8 +70,7 @@ def test_torchrun_variant_trains_on_two_nodes(cluster: Cluster) -> None:
 
 def test_bad_config_fails_fast_in_sacct_with_its_message(cluster: Cluster) -> None:
     job, rc = cluster.sbatch(
-        f"--output=/shared/tests/logs/%j.out --export=ALL,CONFIG={CONFIG} "
-        "jobs/train_ddp.sbatch batch_size=0"
+        "--output=/shared/tests/logs/%j.out jobs/train_ddp.sbatch batch_size=0", env=ENV
     )
     assert rc != 0
     state, _, exit_code = cluster.sacct(job)
