@@ -9,8 +9,8 @@ Run it from the project checkout on a login node (in slurmlab: `make shell`). Th
 must be on a filesystem that every node sees at the same path (default: $SLURMLAB_SHARED/submitit).
 
 Timeouts and preemption: submitit asks Slurm for USR2 shortly before the time limit; the task's
-checkpoint() requeues the job (same job id), and the next run resumes from the trainer's latest
-periodic checkpoint in /shared/runs/<job id>/checkpoints.
+checkpoint() (trainer/submitit_job.py) requeues the job under the same id, and the next run
+resumes from the trainer's latest periodic checkpoint in /shared/runs/<job id>/checkpoints.
 """
 
 from __future__ import annotations
@@ -29,28 +29,10 @@ if str(REPO) not in sys.path:  # `python jobs/submit.py` puts jobs/ on sys.path,
     sys.path.insert(0, str(REPO))
 
 from trainer.config import ConfigError, load_config  # noqa: E402
+from trainer.submitit_job import TrainJob  # noqa: E402
 
 DEFAULT_CONFIG = "jobs/configs/resnet50_cifar10.yaml"
 SHARED = os.environ.get("SLURMLAB_SHARED", "/shared")
-
-
-class TrainTask(submitit.helpers.Checkpointable):
-    """One trainer rank. submitit starts one per task; each reads its rank from Slurm's env."""
-
-    def __init__(self, config: str, overrides: list[str]) -> None:
-        self.config = config
-        self.overrides = overrides
-
-    def __call__(self) -> dict[str, Any]:
-        from trainer.train import run
-
-        cfg = load_config(self.config, self.overrides)
-        # submitit owns USR2 here: it calls checkpoint() below and requeues. The trainer's own
-        # periodic checkpoints are what the requeued run resumes from.
-        return run(cfg, handle_signals=False)
-
-    # checkpoint() is inherited: it resubmits this same task, which resumes from the latest
-    # checkpoint of the run. It runs on rank 0 only and must not use collectives.
 
 
 def slurm_parameters(
@@ -108,18 +90,17 @@ def main(argv: list[str] | None = None) -> int:
     grid = sweep_grid(args.sweep) if args.sweep else [[]]
     # Reject a bad config or override before anything is submitted.
     try:
-        for point in grid:
-            load_config(args.config, [*args.overrides, *point])
+        configs = [load_config(args.config, [*args.overrides, *point]) for point in grid]
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        for problem in err.problems:
+            print(f"error: {problem}", file=sys.stderr)
         return 2
 
     if args.sweep:
         # Each grid point is an independent single-node run: one job array.
         params = slurm_parameters("sweep", 1, args.gpus_per_node, args.timeout_min, args.partition)
         executor = make_executor(args.folder, params)
-        tasks = [TrainTask(args.config, [*args.overrides, *point]) for point in grid]
-        jobs = executor.submit_array(tasks)
+        jobs = executor.submit_array([TrainJob(cfg) for cfg in configs])
         print(f"submitted job array {jobs[0].job_id.split('_')[0]} ({len(jobs)} tasks)", flush=True)
         if args.no_wait:
             return 0
@@ -136,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         "ddp-submitit", args.nodes, args.gpus_per_node, args.timeout_min, args.partition
     )
     executor = make_executor(args.folder, params)
-    job = executor.submit(TrainTask(args.config, args.overrides))
+    job = executor.submit(TrainJob(configs[0]))
     print(
         f"submitted job {job.job_id} ({args.nodes} nodes); output: {job.paths.stdout}", flush=True
     )

@@ -21,7 +21,7 @@ def main() -> None:
     parser.add_argument("--wait-s", type=float, default=600)
     args = parser.parse_args()
 
-    # Loaded from its path, not imported: submitit then pickles TrainTask by value.
+    # jobs/submit.py is a script, not a module: load it from its path.
     spec = importlib.util.spec_from_file_location("slurmlab_submit", REPO / "jobs" / "submit.py")
     assert spec and spec.loader
     submit = importlib.util.module_from_spec(spec)
@@ -30,7 +30,7 @@ def main() -> None:
     params = submit.slurm_parameters("preempt-test", 2, 1, 20, None)
     executor = submit.make_executor("/shared/submitit/%j", params)
     overrides = ["epochs=4", "checkpoint_every_steps=5"]
-    job = executor.submit(submit.TrainTask(args.config, overrides))
+    job = executor.submit(submit.TrainJob(submit.load_config(args.config, overrides)))
     print(f"submitted job {job.job_id}", flush=True)
 
     checkpoints = f"/shared/runs/{job.job_id}/checkpoints/*.pt"

@@ -1,0 +1,429 @@
+"""Process topology from the environment, validation, backend choice and process-group setup.
+
+Precedence (see trainer/README.md):
+
+1. torchrun / torch.distributed.run variables, if ``RANK`` and ``WORLD_SIZE`` are set;
+2. Slurm variables, if ``SLURM_PROCID`` is set (``srun``, one task per GPU; also submitit);
+3. otherwise a single process (no process group is created).
+
+Everything here except :func:`init_distributed` is pure (reads a mapping, returns values), so
+it is unit-tested without processes.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from trainer.hostlist import HostlistError, expand_counts, expand_hostlist
+
+log = logging.getLogger("trainer")
+
+DEFAULT_PORT = 29500
+PORT_BASE = 20000  # job-derived ports live in [20000, 30000): below Linux's ephemeral range
+PORT_SPAN = 10000
+
+__all__ = [
+    "Topology",
+    "TopologyError",
+    "cleanup_distributed",
+    "decide_backend",
+    "derive_port",
+    "init_distributed",
+    "select_device",
+    "topology_from_env",
+    "validate_topology",
+]
+
+
+class TopologyError(RuntimeError):
+    """The launch environment is inconsistent; raised before any process-group setup."""
+
+
+@dataclass(frozen=True)
+class Topology:
+    launcher: str  # "torchrun" | "slurm" | "single"
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    node_rank: int
+    num_nodes: int | None  # None when the launcher does not say
+    tasks_per_node: int | None  # uniform tasks per node, when known
+    master_addr: str
+    master_port: int
+    job_id: str | None  # SLURM_JOB_ID when running under Slurm
+    requeue_id: str | None  # "<array job>_<task>" for array jobs, else SLURM_JOB_ID
+    restart_count: int  # SLURM_RESTART_COUNT (0 on the first start)
+    in_srun_step: bool  # SLURM_STEP_ID present (started by srun, not the batch script)
+    slurm_step_tasks_here: int | None  # Slurm tasks of this step on this node, when known
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def under_slurm(self) -> bool:
+        return self.job_id is not None
+
+
+def _int(
+    env: Mapping[str, str], name: str, problems: list[str], default: int | None = None
+) -> int | None:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw.strip())
+    except ValueError:
+        problems.append(f"{name}={raw!r} is not an integer")
+        return default
+
+
+def derive_port(job_id: str | None) -> int:
+    """MASTER_PORT for a job: 20000 + job_id % 10000 (outside the ephemeral range 32768+)."""
+    if job_id:
+        digits = "".join(ch for ch in job_id if ch.isdigit())
+        if digits:
+            return PORT_BASE + int(digits) % PORT_SPAN
+    return DEFAULT_PORT
+
+
+def _first_host(env: Mapping[str, str], problems: list[str]) -> str | None:
+    for name in ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST"):
+        value = env.get(name)
+        if value:
+            try:
+                return expand_hostlist(value)[0]
+            except HostlistError as exc:
+                problems.append(f"{name}: {exc}")
+                return None
+    return None
+
+
+def _slurm_tasks_on_node(
+    env: Mapping[str, str], node_id: int, problems: list[str]
+) -> tuple[int | None, int | None]:
+    """(tasks on this node, uniform tasks per node or None) for the current Slurm step."""
+    for name in ("SLURM_STEP_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE", "SLURM_TASKS_PER_NODE"):
+        value = env.get(name)
+        if not value:
+            continue
+        try:
+            counts = expand_counts(value)
+        except HostlistError as exc:
+            problems.append(f"{name}: {exc}")
+            return None, None
+        if name == "SLURM_NTASKS_PER_NODE":  # a single number, same on every node
+            return counts[0], counts[0]
+        uniform = counts[0] if len(set(counts)) == 1 else None
+        if node_id < len(counts):
+            return counts[node_id], uniform
+        problems.append(f"SLURM_NODEID={node_id} but {name}={value!r} lists {len(counts)} nodes")
+        return None, None
+    return None, None
+
+
+def topology_from_env(env: Mapping[str, str] | None = None) -> Topology:
+    """Read the topology; raises TopologyError listing every problem found."""
+    env = os.environ if env is None else env
+    problems: list[str] = []
+    job_id = env.get("SLURM_JOB_ID") or env.get("SLURM_JOBID") or None
+    array_job, array_task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
+    requeue_id = f"{array_job}_{array_task}" if array_job and array_task else job_id
+    restart_count = _int(env, "SLURM_RESTART_COUNT", problems, 0) or 0
+    in_step = bool(env.get("SLURM_STEP_ID") or env.get("SLURM_STEPID"))
+    slurm_node = _int(env, "SLURM_NODEID", problems, 0) or 0
+    step_here, _ = _slurm_tasks_on_node(env, slurm_node, []) if in_step else (None, None)
+
+    if "RANK" in env or "WORLD_SIZE" in env:
+        launcher = "torchrun"
+        if "RANK" not in env or "WORLD_SIZE" not in env:
+            problems.append("RANK and WORLD_SIZE must be set together (torchrun sets both)")
+        rank = _int(env, "RANK", problems, 0) or 0
+        world = _int(env, "WORLD_SIZE", problems, 1) or 1
+        local_rank = _int(env, "LOCAL_RANK", problems, rank)
+        local_world = _int(env, "LOCAL_WORLD_SIZE", problems, world)
+        assert local_rank is not None and local_world is not None
+        node_rank = _int(env, "GROUP_RANK", problems, None)
+        if node_rank is None:
+            node_rank = _int(env, "NODE_RANK", problems, None)
+        if node_rank is None:
+            node_rank = rank // max(local_world, 1)
+        num_nodes = _int(env, "GROUP_WORLD_SIZE", problems, None)
+        if num_nodes is None:
+            num_nodes = _int(env, "NNODES", problems, None)
+        tasks_per_node = local_world if num_nodes is not None else None
+    elif "SLURM_PROCID" in env:
+        launcher = "slurm"
+        rank = _int(env, "SLURM_PROCID", problems, 0) or 0
+        world_opt = _int(env, "SLURM_STEP_NUM_TASKS", problems, None)
+        if world_opt is None:
+            world_opt = _int(env, "SLURM_NTASKS", problems, None)
+        if world_opt is None:
+            world_opt = _int(env, "SLURM_NPROCS", problems, 1)
+        world = world_opt or 1
+        local_rank = _int(env, "SLURM_LOCALID", problems, 0) or 0
+        node_rank = slurm_node
+        num_nodes = None
+        for name in ("SLURM_STEP_NUM_NODES", "SLURM_JOB_NUM_NODES", "SLURM_NNODES"):
+            num_nodes = _int(env, name, problems, None)
+            if num_nodes is not None:
+                break
+        here, tasks_per_node = _slurm_tasks_on_node(env, node_rank, problems)
+        if here is None:
+            nodes = num_nodes or 1
+            if world % nodes:
+                problems.append(
+                    f"cannot infer tasks per node: {world} tasks over {nodes} nodes and no "
+                    "SLURM_NTASKS_PER_NODE / SLURM_TASKS_PER_NODE"
+                )
+            here = tasks_per_node = max(world // nodes, 1)
+        local_world = here
+    else:
+        launcher = "single"
+        rank, world, local_rank, local_world, node_rank, num_nodes = 0, 1, 0, 1, 0, 1
+        tasks_per_node = 1
+
+    master_addr = env.get("MASTER_ADDR") or _first_host(env, problems) or "127.0.0.1"
+    port_raw = env.get("MASTER_PORT")
+    master_port = _int(env, "MASTER_PORT", problems, None) if port_raw else None
+    if master_port is None:
+        master_port = derive_port(job_id)
+
+    topo = Topology(
+        launcher=launcher,
+        rank=rank,
+        world_size=world,
+        local_rank=local_rank,
+        local_world_size=local_world,
+        node_rank=node_rank,
+        num_nodes=num_nodes,
+        tasks_per_node=tasks_per_node,
+        master_addr=master_addr,
+        master_port=master_port,
+        job_id=job_id,
+        requeue_id=requeue_id,
+        restart_count=restart_count,
+        in_srun_step=in_step,
+        slurm_step_tasks_here=step_here,
+    )
+    if problems:
+        raise TopologyError(_format(problems, topo))
+    return topo
+
+
+def _format(problems: list[str], topo: Topology | None = None) -> str:
+    lines = ["invalid distributed launch environment:"] + [f"  - {p}" for p in problems]
+    if topo is not None:
+        lines.append(
+            f"  (launcher={topo.launcher} rank={topo.rank} world_size={topo.world_size} "
+            f"local_rank={topo.local_rank} local_world_size={topo.local_world_size} "
+            f"node_rank={topo.node_rank} num_nodes={topo.num_nodes})"
+        )
+    return "\n".join(lines)
+
+
+def validate_topology(topo: Topology) -> None:
+    """Consistency checks; raises TopologyError with every problem, before any rendezvous."""
+    p: list[str] = []
+    if topo.world_size < 1:
+        p.append(f"world size must be >= 1, got {topo.world_size}")
+    if not 0 <= topo.rank < max(topo.world_size, 1):
+        p.append(f"rank {topo.rank} is outside [0, world_size={topo.world_size})")
+    if topo.local_world_size < 1:
+        p.append(f"local world size must be >= 1, got {topo.local_world_size}")
+    elif not 0 <= topo.local_rank < topo.local_world_size:
+        p.append(
+            f"local rank {topo.local_rank} is outside [0, local_world_size={topo.local_world_size})"
+        )
+    if topo.local_world_size > topo.world_size >= 1:
+        p.append(f"local world size {topo.local_world_size} exceeds world size {topo.world_size}")
+    if topo.num_nodes is not None:
+        if topo.num_nodes < 1:
+            p.append(f"number of nodes must be >= 1, got {topo.num_nodes}")
+        elif not 0 <= topo.node_rank < topo.num_nodes:
+            p.append(f"node rank {topo.node_rank} is outside [0, num_nodes={topo.num_nodes})")
+        if topo.tasks_per_node and topo.tasks_per_node * topo.num_nodes != topo.world_size:
+            p.append(
+                f"world size {topo.world_size} != tasks per node {topo.tasks_per_node} x "
+                f"nodes {topo.num_nodes}"
+            )
+    if not 1 <= topo.master_port <= 65535:
+        p.append(f"MASTER_PORT {topo.master_port} is not a valid TCP port")
+    if topo.launcher == "slurm" and topo.world_size > 1 and not topo.in_srun_step:
+        p.append(
+            f"Slurm says {topo.world_size} tasks but this process was not started by srun "
+            "(no SLURM_STEP_ID): run `srun python -m trainer ...` inside the batch script"
+        )
+    if (
+        topo.launcher == "torchrun"
+        and topo.local_world_size > 1
+        and (topo.slurm_step_tasks_here or 0) > 1
+    ):
+        p.append(
+            f"torchrun with {topo.local_world_size} processes per node inside an srun step "
+            f"with {topo.slurm_step_tasks_here} tasks on this node multiplies processes: "
+            "use `srun --ntasks-per-node=1 torchrun ...` or drop torchrun"
+        )
+    multi_node = (topo.num_nodes or 1) > 1 or topo.world_size > topo.local_world_size
+    if multi_node and topo.master_addr in ("127.0.0.1", "localhost", "::1"):
+        p.append(
+            "MASTER_ADDR is a loopback address but the job spans several nodes: set "
+            "MASTER_ADDR or run under Slurm (SLURM_JOB_NODELIST)"
+        )
+    if p:
+        raise TopologyError(_format(p, topo))
+
+
+def select_device(topo: Topology) -> torch.device:
+    """cuda:(LOCAL_RANK % device_count) when CUDA is usable, else cpu."""
+    if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+        index = topo.local_rank % torch.cuda.device_count()
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
+    return torch.device("cpu")
+
+
+def _gpu_identity(device: torch.device) -> str:
+    if device.type != "cuda":
+        return ""
+    props = torch.cuda.get_device_properties(device)
+    uuid = getattr(props, "uuid", None)
+    if uuid is not None:
+        return str(uuid)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    return f"{visible}:{device.index}:{getattr(props, 'pci_bus_id', '')}"
+
+
+def decide_backend(requested: str, ranks: list[tuple[str, str]]) -> tuple[str, str]:
+    """Choose the backend from every rank's (hostname, GPU identity or "").
+
+    NCCL needs a distinct GPU per rank; when any rank has no GPU, or two ranks on one host
+    share a GPU, gloo is used (forcing nccl then raises TopologyError instead of hanging).
+    """
+    if requested == "gloo":
+        return "gloo", "backend=gloo set in the config"
+    no_gpu = [r for r, (_, gpu) in enumerate(ranks) if not gpu]
+    seen: dict[tuple[str, str], int] = {}
+    shared: list[str] = []
+    for r, key in enumerate(ranks):
+        if key[1] and key in seen:
+            shared.append(f"ranks {seen[key]} and {r} on host {key[0]} share one GPU")
+        seen.setdefault(key, r)
+    if no_gpu:
+        why = f"no CUDA device visible to rank(s) {no_gpu[:8]}{'...' if len(no_gpu) > 8 else ''}"
+    elif shared:
+        why = (
+            shared[0]
+            + (f" (+{len(shared) - 1} more)" if len(shared) > 1 else "")
+            + "; NCCL needs one GPU per rank"
+        )
+    else:
+        return "nccl", "every rank has its own GPU" + (
+            " (backend=nccl set in the config)" if requested == "nccl" else ""
+        )
+    if requested == "nccl":
+        raise TopologyError(f"backend=nccl was requested but {why}; use backend=gloo or auto")
+    return "gloo", why
+
+
+def _wait_keys(store: dist.Store, keys: list[str], timeout: _dt.timedelta, what: str) -> None:
+    try:
+        store.wait(keys, timeout)
+    except Exception as exc:
+        missing = [k for k in keys if not store.check([k])]
+        raise TopologyError(
+            f"timed out after {timeout.total_seconds():.0f}s waiting for {what}: missing "
+            f"{missing[:16]} ({exc.__class__.__name__}). Did every rank start? Check that the "
+            "world size matches the number of launched processes and that MASTER_ADDR/"
+            "MASTER_PORT are reachable."
+        ) from exc
+
+
+def init_distributed(
+    topo: Topology, device: torch.device, requested_backend: str, timeout_s: float
+) -> str:
+    """Rendezvous, agree on a backend, init the default process group, barrier.
+
+    Returns the backend name ("none" for a single process). Ranks publish (hostname, GPU id)
+    in a TCPStore first so that a shared GPU or a missing rank gives a clear error instead of
+    a hang inside NCCL.
+    """
+    if not topo.is_distributed:
+        if requested_backend == "nccl" and device.type != "cuda":
+            raise TopologyError("backend=nccl was requested but no CUDA device is visible")
+        return "none"
+    timeout = _dt.timedelta(seconds=timeout_s)
+    use_agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    try:
+        base = dist.TCPStore(
+            topo.master_addr,
+            topo.master_port,
+            topo.world_size,
+            is_master=topo.is_main and not use_agent_store,
+            timeout=timeout,
+            wait_for_workers=False,
+        )
+    except Exception as exc:
+        raise TopologyError(
+            f"rank {topo.rank}: cannot reach the rendezvous store at "
+            f"{topo.master_addr}:{topo.master_port} ({exc}). Is the port free and the master "
+            "host reachable from every node?"
+        ) from exc
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    store = dist.PrefixStore(f"slurmlab/{attempt}/", base)
+    store.set(f"rank/{topo.rank}", f"{socket.gethostname()}|{_gpu_identity(device)}")
+    if topo.is_main:
+        keys = [f"rank/{r}" for r in range(topo.world_size)]
+        _wait_keys(store, keys, timeout, "all ranks to join")
+        ranks = [tuple(store.get(k).decode().split("|", 1)) for k in keys]
+        try:
+            backend, reason = decide_backend(requested_backend, ranks)  # type: ignore[arg-type]
+            store.set("backend", f"ok|{backend}|{reason}")
+        except TopologyError as exc:
+            store.set("backend", f"error|{exc}")
+            raise
+        per_host: dict[str, int] = {}
+        for host, _ in ranks:
+            per_host[host] = per_host.get(host, 0) + 1
+        if any(n != topo.local_world_size for n in per_host.values()) and len(per_host) > 1:
+            log.warning(
+                "ranks per host %s differ from local_world_size=%d", per_host, topo.local_world_size
+            )
+    else:
+        _wait_keys(store, ["backend"], timeout, "rank 0's backend decision")
+    status, *rest = store.get("backend").decode().split("|", 2)
+    if status == "error":
+        raise TopologyError(rest[0])
+    backend, reason = rest[0], rest[1]
+    log.info("Backend: %s (%s)", backend, reason)
+    dist.init_process_group(
+        backend,
+        store=dist.PrefixStore("pg/", store),
+        rank=topo.rank,
+        world_size=topo.world_size,
+        timeout=timeout,
+        device_id=device if backend == "nccl" else None,
+    )
+    if backend == "nccl":
+        dist.barrier(device_ids=[device.index])
+    else:
+        dist.barrier()
+    return backend
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
