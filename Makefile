@@ -101,3 +101,7 @@ test: lint test-unit test-cluster ## All tests: lint, unit, end-to-end (builds w
 bench: image ## Throughput benchmarks (CPU here; GPU where one is present)
 	@docker run --rm -u "$(JOB_UID)" -e HOME=/tmp -v "$(CURDIR):/workspace:ro" -w /workspace \
 	  --shm-size=1g $(SLURMLAB_IMAGE) python -m bench $(ARGS)
+
+.PHONY: bench-cluster
+bench-cluster: image $(VENV)/.installed ## Cluster latencies (up->ready, submit->training, ...) on a throwaway cluster
+	@$(VENV)/bin/python -m bench.cluster_latency $(ARGS)

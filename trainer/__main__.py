@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.checkpoint import CheckpointError, CheckpointMismatch
     from trainer.data import DataError
     from trainer.distributed import TopologyError
+    from trainer.preemption import EXIT_PREEMPTED
     from trainer.train import SetupError, run
 
     try:
@@ -98,7 +99,12 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     sys.stdout.flush()
-    return int(result["exit_code"])
+    code = int(result["exit_code"])
+    if code == EXIT_PREEMPTED and _rank_from_env() != 0:
+        # One status per job: rank 0 reports "preempted, not requeued". Were every rank to exit
+        # 75, `srun --kill-on-bad-exit` would kill rank 0 while it still finishes its summary.
+        return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ class Config:
     seed: int = 0
     # --- speed ---
     precision: str = "bf16"  # bf16 / fp16 autocast on CUDA; CPU always runs fp32
-    channels_last: bool = True  # CUDA only
+    channels_last: bool = True  # NHWC activations (faster on CUDA under bf16, and on CPU)
     compile: bool = False  # torch.compile the model
     cpu_threads: int = 0  # 0 = auto (SLURM_CPUS_PER_TASK, else cores / local ranks)
     ddp_bucket_cap_mb: int = 25

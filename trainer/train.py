@@ -426,7 +426,7 @@ def _train(
         torch.backends.cudnn.benchmark = True
         torch.set_float32_matmul_precision("high")  # TF32 for fp32 matmuls (cuDNN: default on)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision) if cuda else None
-    channels_last = cfg.channels_last and cuda
+    channels_last = cfg.channels_last
 
     # data: rank 0 stages it (download / extract / generate) while the others wait, on a
     # CPU group whose timeout allows for a slow download
@@ -766,7 +766,7 @@ def _print_header(
         device,
         backend,
         str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
-        cfg.channels_last and device.type == "cuda",
+        cfg.channels_last,
         cfg.compile,
         torch.get_num_threads(),
     )

@@ -42,7 +42,7 @@ def main() -> None:
     job._interrupt()  # preemption as submitit tests it: SIGTERM, then USR2 -> checkpoint+requeue
     print(f"interrupted job {job.job_id}", flush=True)
 
-    result = job.result()
+    result = job.results()[0]  # one per rank; rank 0 speaks for the run
     for key in ["status", "resumed_from", "epochs_completed", "epochs", "val_acc"]:
         print(f"result {key}={result[key]}")
 

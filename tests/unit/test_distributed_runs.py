@@ -41,6 +41,9 @@ def test_ddp_matches_single_process_with_global_batch(
         "schedule": "constant",
         "warmup_epochs": 0,
         "label_smoothing": 0.1,
+        # NCHW: oneDNN picks NHWC conv kernels by batch size, which reorders float sums more
+        # than the tolerance below; the memory format is not what this test is about.
+        "channels_last": False,
     }
     single = tmp_path / "single"
     run(make_cfg(data_dir, single, batch_size=world * b, **common))
@@ -87,7 +90,8 @@ def test_preemption_signal_checkpoint_exit_code_and_resume(
     ranks = ranks_factory(2, over, tmp_path / "logs1")  # type: ignore[operator]
     ranks.wait_for_text("Epoch: 0, Batch: 3,")
     os.kill(ranks.procs[1].pid, signal.SIGUSR2)  # only rank 1 gets it: the flag is all-reduced
-    assert ranks.wait() == [EXIT_PREEMPTED] * 2, ranks.all_logs()
+    # Rank 0 carries the job's status; the others leave cleanly (see trainer/__main__.py).
+    assert ranks.wait() == [EXIT_PREEMPTED, 0], ranks.all_logs()
     log0 = ranks.log(0)
     assert "not running under Slurm" in log0 and "exit code 75" in log0
     ckpts = list_checkpoints(out / "checkpoints")

@@ -1,0 +1,1 @@
+"""slurmlab benchmarks: ``python -m bench`` (see bench/__main__.py)."""
