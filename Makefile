@@ -98,9 +98,9 @@ test-cluster: image $(VENV)/.installed ## End-to-end tests on a real, throwaway 
 test: lint test-unit test-cluster ## All tests: lint, unit, end-to-end (builds what is missing)
 
 .PHONY: bench
-bench: image ## Throughput benchmarks (CPU here; GPU where one is present)
+bench: image ## Trainer benchmarks: throughput vs baseline, DDP scaling, time to accuracy (GPUS=1: on GPU)
 	@docker run --rm -u "$(JOB_UID)" -e HOME=/tmp -v "$(CURDIR):/workspace:ro" -w /workspace \
-	  --shm-size=1g $(SLURMLAB_IMAGE) python -m bench $(ARGS)
+	  --shm-size=1g $(if $(filter 1,$(GPUS)),--gpus all) $(SLURMLAB_IMAGE) python -m bench $(ARGS)
 
 .PHONY: bench-cluster
 bench-cluster: image $(VENV)/.installed ## Cluster latencies (up->ready, submit->training, ...) on a throwaway cluster

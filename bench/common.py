@@ -24,20 +24,9 @@ import psutil
 import torch
 from torch import nn
 
+from trainer.distributed import without_launcher_env
+
 REPO = Path(__file__).resolve().parents[1]
-LAUNCH_PREFIXES = ("SLURM_", "TORCHELASTIC_", "SLURMLAB_")
-LAUNCH_VARS = (
-    "RANK",
-    "WORLD_SIZE",
-    "LOCAL_RANK",
-    "LOCAL_WORLD_SIZE",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "GROUP_RANK",
-    "GROUP_WORLD_SIZE",
-    "NODE_RANK",
-    "NNODES",
-)
 
 # Dense bf16 tensor-core peaks (FLOP/s, no sparsity), matched by substring of the device name,
 # most specific first. H100/H200 SXM: 989 TF/s; PCIe/NVL parts are lower.
@@ -84,11 +73,7 @@ def child_env(device_type: str, **extra: str) -> dict[str, str]:
     """Environment for a child Python process: launcher / Slurm variables removed (so the child
     is exactly what we start, whatever shell ran the benchmark), the repo importable, and no
     GPU visible when it is meant to run on the CPU."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in LAUNCH_VARS and not k.startswith(LAUNCH_PREFIXES)
-    }
+    env = without_launcher_env(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     if device_type == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""

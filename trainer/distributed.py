@@ -26,6 +26,31 @@ from trainer.hostlist import HostlistError, expand_counts, expand_hostlist
 
 log = logging.getLogger("trainer")
 
+# How a launcher (torchrun, Slurm, slurmlab's job files) tells a process its place in a job.
+LAUNCHER_VARS = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "GROUP_RANK",
+    "GROUP_WORLD_SIZE",
+    "NODE_RANK",
+    "NNODES",
+)
+LAUNCHER_PREFIXES = ("SLURM_", "TORCHELASTIC_", "SLURMLAB_")
+
+
+def is_launcher_var(name: str) -> bool:
+    return name in LAUNCHER_VARS or name.startswith(LAUNCHER_PREFIXES)
+
+
+def without_launcher_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` minus every launcher variable: a process started with it runs as a single process."""
+    return {k: v for k, v in env.items() if not is_launcher_var(k)}
+
+
 DEFAULT_PORT = 29500
 PORT_BASE = 20000  # job-derived ports live in [20000, 30000): below Linux's ephemeral range
 PORT_SPAN = 10000

@@ -17,35 +17,23 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-LAUNCH_VARS = (
-    "RANK",
-    "WORLD_SIZE",
-    "LOCAL_RANK",
-    "LOCAL_WORLD_SIZE",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "GROUP_RANK",
-    "GROUP_WORLD_SIZE",
-    "NODE_RANK",
-    "NNODES",
-)
 # Small enough for 2 shared cores, large enough for a meaningful accuracy check.
 N_TRAIN, N_VAL = 1280, 320
 
 
 def _scrubbed(env: Mapping[str, str]) -> dict[str, str]:
-    return {
-        k: v
-        for k, v in env.items()
-        if k not in LAUNCH_VARS and not k.startswith(("SLURM_", "TORCHELASTIC_", "SLURMLAB_"))
-    }
+    from trainer.distributed import without_launcher_env
+
+    return without_launcher_env(env)
 
 
 @pytest.fixture(autouse=True)
 def clean_launch_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test sees the launcher / Slurm variables of the shell that runs pytest."""
+    from trainer.distributed import is_launcher_var
+
     for key in list(os.environ):
-        if key in LAUNCH_VARS or key.startswith(("SLURM_", "TORCHELASTIC_", "SLURMLAB_")):
+        if is_launcher_var(key):
             monkeypatch.delenv(key, raising=False)
 
 
