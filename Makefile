@@ -19,7 +19,6 @@ AS_USER := $(DC) exec -T -u slurmlab slurmctld
 
 VENV := .venv
 PYTEST_ARGS ?=
-CONFIG ?= jobs/configs/simple_cnn_synthetic.yaml
 JOB ?= jobs/train_ddp.sbatch
 ARGS ?=
 
@@ -32,6 +31,7 @@ help: ## Show this help
 
 .PHONY: image
 image: ## Build the cluster image (and debian:trixie-slim locally if no registry has it)
+	@scripts/preflight.sh
 	@scripts/ensure-base-image.sh
 	@scripts/build-image.sh
 

@@ -356,6 +356,20 @@ class Trainer:
         restore_rng(states[self.topo.rank] if same_world else states[0])
 
 
+def _prepare_output_dirs(cfg: Config) -> None:
+    for path in (cfg.output_dir, cfg.checkpoint_dir):
+        try:
+            Path(path).mkdir(parents=True, exist_ok=True)
+            probe = Path(path) / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise SetupError(
+                f"cannot write to {path} ({exc.strerror}): set output_dir=/a/writable/shared/dir "
+                "(and checkpoint_dir if you set it), on a filesystem every node sees"
+            ) from exc
+
+
 def _choose_resume(cfg: Config) -> str | None:
     """Rank 0: the checkpoint to resume from (None = fresh start)."""
     existing = list_checkpoints(cfg.checkpoint_dir)
@@ -427,6 +441,9 @@ def _train(
         torch.set_float32_matmul_precision("high")  # TF32 for fp32 matmuls (cuDNN: default on)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision) if cuda else None
     channels_last = cfg.channels_last
+
+    # Fail before any work if the run cannot keep its results.
+    _on_main(topo, lambda: _prepare_output_dirs(cfg))
 
     # data: rank 0 stages it (download / extract / generate) while the others wait, on a
     # CPU group whose timeout allows for a slow download

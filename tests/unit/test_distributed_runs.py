@@ -180,3 +180,34 @@ def test_signal_handler_only_sets_a_flag() -> None:
     finally:
         flag.uninstall()
     assert signal.getsignal(signal.SIGUSR2) == previous
+
+
+def test_master_port_in_use_is_a_clear_error_not_a_hang(data_dir: Path, tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from trainer.distributed import without_launcher_env
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        env = without_launcher_env(os.environ) | {
+            "RANK": "0",
+            "WORLD_SIZE": "2",
+            "LOCAL_RANK": "0",
+            "LOCAL_WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(busy.getsockname()[1]),
+        }
+        over = base_overrides(data_dir, tmp_path / "run", dist_timeout_s=20)
+        proc = subprocess.run(
+            [sys.executable, "-m", "trainer", *over],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "address already in use" in proc.stderr and "Is the port free" in proc.stderr
+    assert "Traceback" not in proc.stderr

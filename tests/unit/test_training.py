@@ -217,3 +217,18 @@ def test_submitit_job_runs_without_its_own_handler(
     delayed = job.checkpoint()
     assert isinstance(delayed, DelayedSubmission) and delayed.function.cfg == job.cfg
     pickle.loads(pickle.dumps(job))
+
+
+def test_unwritable_output_dir_fails_before_training(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conftest import base_overrides
+
+    from trainer.__main__ import main
+
+    # /proc refuses new entries even to root: the run must stop with the fix, not a traceback.
+    over = base_overrides(data_dir, Path("/proc/slurmlab-not-writable"), epochs=1)
+    assert main(["--config", "jobs/configs/simple_cnn_synthetic.yaml", *over]) == 3
+    err = capsys.readouterr().err
+    assert "cannot write to /proc/slurmlab-not-writable" in err and "set output_dir=" in err
+    assert "Traceback" not in err
