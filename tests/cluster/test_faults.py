@@ -98,14 +98,15 @@ def test_node_loss_requeues_and_resumes_from_the_last_checkpoint(cluster: Cluste
     assert "Final: epoch=3 " in log
     # The requeued run needed all four nodes, so node3 came back; it must not stay down/drained.
     states: list[str] = []
-    cluster.wait_for(
-        "node3 to be usable again (last states: {states[-3:]})",
-        lambda: (
-            states.append(cluster.login("sinfo -h -n node3 -o %t").strip())
-            or states[-1] in {"idle", "mix", "alloc", "comp"}
-        ),
-        120,
-    )
+
+    def node3_usable() -> bool:
+        states.append(cluster.login("sinfo -h -n node3 -o %t").strip())
+        return states[-1] in {"idle", "mix", "alloc", "comp"}
+
+    try:
+        cluster.wait_for("node3 to be usable again", node3_usable, 120)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; node3 states seen: {sorted(set(states))}") from exc
 
 
 def test_accounting_outage_loses_no_job_record(cluster: Cluster) -> None:
