@@ -109,6 +109,18 @@ def test_db_password_is_private_to_the_database_and_slurmdbd(cluster: Cluster) -
         ).returncode
 
 
+def test_secrets_never_reach_the_logs(cluster: Cluster) -> None:
+    password = cluster.run("cat /run/slurmlab/db/password", service="mariadb", user="root").stdout
+    key = cluster.run("base64 -w0 /etc/munge/munge.key", service="slurmctld", user="root").stdout
+    assert len(password.strip()) >= 32 and len(key) > 1000
+    logs = cluster.dc("logs", "--no-color").stdout
+    assert "creating this cluster's database password" in logs  # we do read the right logs
+    assert password.strip() not in logs
+    assert key[:64] not in logs
+    rendered = cluster.run("cat /etc/slurm/slurmdbd.conf", service="slurmdbd", user="root").stdout
+    assert password.strip() in rendered, "slurmdbd gets it only through its 0600 config"
+
+
 def image_name() -> str:
     env = dict(
         line.split("=", 1)
