@@ -124,6 +124,32 @@ class PathResult:
     setup: str  # precision / memory format / loader, for the table
     mfu: float = float("nan")
 
+    @classmethod
+    def from_timing(
+        cls,
+        model: str,
+        path: str,
+        batch: int,
+        steps: int,
+        total_s: float,
+        data_s: float,
+        mem: dict[str, Any],
+        setup: str,
+    ) -> PathResult:
+        """The rates of one timed loop: ``steps`` batches in ``total_s``, ``data_s`` waiting."""
+        return cls(
+            model=model,
+            path=path,
+            batch=batch,
+            steps=steps,
+            img_s=batch * steps / total_s,
+            step_ms=1000 * total_s / steps,
+            data_wait=data_s / total_s,
+            peak_mem_bytes=mem["peak"],
+            mem_kind=mem["kind"],
+            setup=setup,
+        )
+
 
 def _forever(make_iter: Callable[[int], Iterator[Batch]]) -> Iterator[Batch]:
     """Batches across epochs (epoch restarts are part of the measured data time)."""
@@ -279,18 +305,7 @@ def run_fast(
         f"{'NHWC' if channels_last else 'NCHW'}, on-device loader"
         + (", compiled" if compile_model else "")
     )
-    return PathResult(
-        model=model_name,
-        path="fast",
-        batch=batch,
-        steps=steps,
-        img_s=batch * steps / total,
-        step_ms=1000 * total / steps,
-        data_wait=data_s / total,
-        peak_mem_bytes=mem["peak"],
-        mem_kind=mem["kind"],
-        setup=setup,
-    )
+    return PathResult.from_timing(model_name, "fast", batch, steps, total, data_s, mem, setup)
 
 
 def run_baseline(
@@ -341,18 +356,8 @@ def run_baseline(
 
         total, data_s = timed_loop(next_batch, step, device, warmup, steps)
         batches.close()  # stops the workers inside the memory window
-    return PathResult(
-        model=model_name,
-        path="baseline",
-        batch=batch,
-        steps=steps,
-        img_s=batch * steps / total,
-        step_ms=1000 * total / steps,
-        data_wait=data_s / total,
-        peak_mem_bytes=mem["peak"],
-        mem_kind=mem["kind"],
-        setup=f"fp32, NCHW, DataLoader + PIL, {workers} workers",
-    )
+    setup = f"fp32, NCHW, DataLoader + PIL, {workers} workers"
+    return PathResult.from_timing(model_name, "baseline", batch, steps, total, data_s, mem, setup)
 
 
 # ---------------------------------------------------------------- the benchmark
