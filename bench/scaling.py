@@ -109,7 +109,7 @@ def train_rank(
     data = read_cifar_dir(batch_dir)
     torch.manual_seed(cfg.seed)
     model: nn.Module = build_model(model_name, num_classes=len(data.classes)).to(device)
-    if cuda:
+    if cfg.channels_last:  # as the trainer does, on CPU too
         model = model.to(memory_format=torch.channels_last)
     loader = DeviceLoader(
         data.train_x,
@@ -121,7 +121,7 @@ def train_rank(
         seed=cfg.seed,
         train=True,
         augment=True,
-        channels_last=cuda,
+        channels_last=cfg.channels_last,
     )
     optimizer = build_optimizer(model, cfg, cfg.lr * batch * world / 256, device)
     scheduler, _, _ = build_scheduler(optimizer, cfg, len(loader))
