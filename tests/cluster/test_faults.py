@@ -109,6 +109,58 @@ def test_node_loss_requeues_and_resumes_from_the_last_checkpoint(cluster: Cluste
         raise AssertionError(f"{exc}; node3 states seen: {sorted(set(states))}") from exc
 
 
+def test_crash_while_writing_a_checkpoint_resumes_from_the_previous_one(cluster: Cluster) -> None:
+    run_dir = cluster.tmp_path("ckpt-crash")
+    every = 2
+    # ResNet50: its ~190 MB checkpoint takes long enough to write that the kill lands mid-save.
+    args = (
+        f"model=resnet50 dataset=synthetic data_dir={run_dir}/data synthetic_train=256 "
+        f"synthetic_val=32 batch_size=8 eval_batch_size=16 epochs=1 log_every=2 "
+        f"checkpoint_every_steps={every} output_dir={run_dir} plot=false"
+    )
+    job = submit_training(cluster, "--nodes=2", args)
+    cluster.wait_for(f"job {job} to run", lambda: cluster.queued_state(job) == "RUNNING", 120)
+    rank0_node = cluster.login(
+        f"scontrol show hostnames $(squeue -h -j {job} -o %N) | head -1"
+    ).strip()
+    killer = cluster.run(
+        f"python3 tests/cluster/kill_during_save.py {run_dir}/checkpoints --timeout 300",
+        service=rank0_node,
+        check=False,
+        timeout=360,
+    )
+    assert killer.returncode == 0, killer.stdout + killer.stderr
+    killed = re.search(
+        r"while writing \.(ckpt_s(\d+)_\S+\.pt)\.tmp-\S+ "
+        r"\((\d+) bytes; previous: (ckpt_s(\d+)_\S+\.pt)\)",
+        killer.stdout,
+    )
+    assert killed, killer.stdout
+    cut_name, cut_step, previous, previous_step = (
+        killed.group(1),
+        int(killed.group(2)),
+        killed.group(4),
+        int(killed.group(5)),
+    )
+
+    state, _, _ = cluster.wait_done(job)
+    assert state == "FAILED", f"rank 0 was killed, the job cannot have succeeded: {state}"
+    on_disk = cluster.login(f"ls -a {run_dir}/checkpoints").split()
+    assert cut_name not in on_disk, "the interrupted save must never appear under its final name"
+    assert any(name.startswith(f".{cut_name}.tmp-") for name in on_disk), on_disk
+    assert max(n for n in on_disk if n.startswith("ckpt_")) == previous
+
+    # The same run again: it resumes from the previous checkpoint and finishes.
+    again = submit_training(cluster, "--nodes=2", args)
+    assert cluster.wait_done(again) == ["COMPLETED", "2", "0:0"]
+    log = cluster.login(f"cat {log_path(again)}")
+    resumed = re.search(r"Resumed from (\S+) \(epoch \d+, batch \d+, step (\d+)\)", log)
+    assert resumed, log[-3000:]
+    assert resumed.group(1) == f"{run_dir}/checkpoints/{previous}"
+    assert int(resumed.group(2)) == previous_step == cut_step - every, "lost <= one interval"
+    assert "Final: epoch=1 " in log
+
+
 def test_accounting_outage_loses_no_job_record(cluster: Cluster) -> None:
     cluster.dc("stop", "slurmdbd")
     try:
