@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import subprocess
 import time
@@ -60,14 +61,11 @@ def login(script: str, check: bool = True) -> str:
     )
 
 
-def poll(predicate: Callable[[], bool], timeout: float = 600, every: float = 0.2) -> float:
-    """Seconds until predicate() is true."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise TimeoutError("condition not reached")
-        time.sleep(every)
-    return time.monotonic() - start
+def probe(*args: str) -> dict[str, float]:
+    """Run bench/job_probe.py on the login node: it times jobs from inside the cluster."""
+    command = shlex.join(["python", "-m", "bench.job_probe", *args])
+    out: dict[str, float] = json.loads(login(command))
+    return out
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -76,35 +74,9 @@ def timed(fn: Callable[[], object]) -> float:
     return time.monotonic() - start
 
 
-def job_state(job: str) -> str:
-    return login(f"squeue -h -j {job} -o %T", check=False).strip()
-
-
-def sbatch_to_running() -> float:
-    start = time.monotonic()
-    job = login("sbatch --parsable -N4 -o /dev/null --wrap 'srun sleep 2'").strip()
-    poll(lambda: job_state(job) in {"RUNNING", "COMPLETING", ""})
-    elapsed = time.monotonic() - start
-    poll(lambda: job_state(job) == "")
-    return elapsed
-
-
-def submit_to_training() -> tuple[float, float]:
-    """(submit -> first step done by every rank, job gone from queue -> sacct COMPLETED)."""
-    args = "epochs=1 max_steps_per_epoch=3 log_every=1 plot=false"
-    start = time.monotonic()
-    job = login(
-        f"CONFIG={CONFIG} sbatch --parsable -o /shared/logs/bench-%j.out "
-        f"jobs/train_ddp.sbatch {args}"
-    ).strip()
-    # DDP's first step is a collective: rank 0 logs batch 1 only once all ranks have joined.
-    poll(lambda: "Batch: 1," in login(f"cat /shared/logs/bench-{job}.out", check=False))
-    to_training = time.monotonic() - start
-    poll(lambda: job_state(job) == "")
-    to_sacct = poll(
-        lambda: login(f"sacct -X -n -P -j {job} -o State").strip() == "COMPLETED", every=0.1
-    )
-    return to_training, to_sacct
+def submit_to_training() -> dict[str, float]:
+    overrides = ["epochs=1", "max_steps_per_epoch=3", "log_every=1", "plot=false"]
+    return probe("training", CONFIG, *overrides)
 
 
 def image_size_gb() -> float:
@@ -117,6 +89,22 @@ def image_size_gb() -> float:
     return int(size) / 1e9
 
 
+ROWS = {  # key -> label, in print order; indented rows break down the row above them
+    "up_ready_s": "make up -> 4 idle nodes (clean)",
+    "restart_ready_s": "make up after make down",
+    "sbatch_running_s": "sbatch -> RUNNING (4 nodes)",
+    "submit_to_training_s": "submit -> all ranks training",
+    "queue_s": "  queue + batch script start",
+    "imports_rendezvous_s": "  python/torch import, rendezvous",
+    "setup_s": "  data, model, optimizer, DDP",
+    "first_step_s": "  first DDP step",
+    "end_to_sacct_s": "job end -> COMPLETED in sacct",
+    "imports_wall_s": "srun -N4: import torch+_dynamo",
+    "import_torch_s": "  import torch (slowest rank)",
+    "import_torch_dynamo_s": "  import torch._dynamo (slowest)",
+}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
@@ -125,32 +113,29 @@ def main() -> int:
 
     make("image")
     sh(["make", "clean", f"COMPOSE_PROJECT_NAME={PROJECT}"])
-    results: dict[str, list[float]] = {
-        k: []
-        for k in [
-            "up_ready_s",
-            "restart_ready_s",
-            "sbatch_running_s",
-            "submit_to_training_s",
-            "end_to_sacct_s",
-        ]
-    }
+    results: dict[str, list[float]] = {k: [] for k in ROWS}
+
+    def add(measured: dict[str, float]) -> None:
+        for key, value in measured.items():
+            if key in results:
+                results[key].append(value)
+
     try:
-        results["up_ready_s"].append(timed(lambda: make("up")))
+        add({"up_ready_s": timed(lambda: make("up"))})
         login("mkdir -p /shared/logs")
         submit_to_training()  # warm-up: generates the synthetic data set once
         for _ in range(args.repeats):
-            results["sbatch_running_s"].append(sbatch_to_running())
-            training, sacct = submit_to_training()
-            results["submit_to_training_s"].append(training)
-            results["end_to_sacct_s"].append(sacct)
+            add(probe("running"))
+            add(submit_to_training())
+            add(probe("imports"))
         make("down")
-        results["restart_ready_s"].append(timed(lambda: make("up")))
+        add({"restart_ready_s": timed(lambda: make("up"))})
     finally:
         sh(["make", "clean", f"COMPOSE_PROJECT_NAME={PROJECT}"])
 
-    print(f"{'cluster latency':<34} {'median':>8} {'min':>8} {'max':>8}   target")
-    for key, values in results.items():
+    print(f"{'cluster latency':<36} {'median':>8} {'min':>8} {'max':>8}   target")
+    for key, label in ROWS.items():
+        values = results[key]
         target = TARGETS.get(key)
         verdict = (
             ""
@@ -158,11 +143,11 @@ def main() -> int:
             else ("PASS" if statistics.median(values) <= target else "MISS") + f" (<= {target:g} s)"
         )
         print(
-            f"{key:<34} {statistics.median(values):>7.1f}s {min(values):>7.1f}s "
+            f"{label:<36} {statistics.median(values):>7.1f}s {min(values):>7.1f}s "
             f"{max(values):>7.1f}s   {verdict}"
         )
     size = image_size_gb()
-    print(f"{'image size':<34} {size:>7.2f} GB")
+    print(f"{'image size':<36} {size:>7.2f} GB")
     if args.json:
         args.json.write_text(json.dumps({**results, "image_size_gb": size}, indent=2))
     misses = [k for k, t in TARGETS.items() if statistics.median(results[k]) > t]

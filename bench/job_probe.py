@@ -1,0 +1,146 @@
+"""Job latencies timed from *inside* the cluster, on the login node (run by bench.cluster_latency).
+
+    python -m bench.job_probe running                 # sbatch -> RUNNING, 4 nodes
+    python -m bench.job_probe training CONFIG [k=v]   # submit -> every rank training, by phase
+    python -m bench.job_probe imports                 # python + torch imports on 4 nodes at once
+
+Each prints one JSON object. Timing here, not from the host, keeps ``docker compose exec``'s own
+start-up (~0.5-1 s per poll with Compose v1) out of the figures. The training phases are read off
+the job's log: the batch script's first line, the trainer's ``Backend:`` line (every rank has
+imported torch and joined the rendezvous), its header (data, model, optimizer and DDP built) and
+``Batch: 1,`` (rank 0 logs it after the first DDP step, a collective all ranks took part in).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+POLL_S = 0.02
+LOG_DIR = Path("/shared/logs")
+PHASES = {  # phase -> the log text that ends it, in order
+    "queue_s": "(restart ",
+    "imports_rendezvous_s": "Backend: ",
+    "setup_s": "slurmlab trainer |",
+    "first_step_s": "Batch: 1,",
+}
+
+
+def sh(*cmd: str, env: dict[str, str] | None = None) -> str:
+    return subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout.strip()
+
+
+def queued(job: str) -> str:
+    return subprocess.run(
+        ["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True
+    ).stdout.strip()
+
+
+def wait(predicate: Callable[[], bool], timeout: float = 600) -> float:
+    """Seconds until predicate() is true (polled every POLL_S)."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise TimeoutError("condition not reached")
+        time.sleep(POLL_S)
+    return time.monotonic() - start
+
+
+def wait_idle() -> None:
+    """Start each measurement on an empty queue with every node idle (not still COMPLETING the
+    previous job), so that it times this job and nothing left over."""
+    wait(lambda: not sh("squeue", "-h") and set(sh("sinfo", "-h", "-o", "%t").split()) == {"idle"})
+
+
+def sbatch_to_running() -> dict[str, float]:
+    wait_idle()
+    start = time.monotonic()
+    job = sh("sbatch", "--parsable", "-N4", "-o", "/dev/null", "--wrap", "srun sleep 2")
+    wait(lambda: queued(job) in {"RUNNING", "COMPLETING", ""})
+    elapsed = time.monotonic() - start
+    wait(lambda: queued(job) == "")
+    return {"sbatch_running_s": elapsed}
+
+
+def submit_to_training(config: str, overrides: list[str]) -> dict[str, float]:
+    wait_idle()
+    start = time.monotonic()
+    job = sh(
+        "sbatch",
+        "--parsable",
+        "-o",
+        str(LOG_DIR / "bench-%j.out"),
+        "jobs/train_ddp.sbatch",
+        *overrides,
+        env={**os.environ, "CONFIG": config},
+    ).split(";")[0]
+    log = LOG_DIR / f"bench-{job}.out"
+    ends: dict[str, float] = {}
+    while len(ends) < len(PHASES):
+        text = log.read_text(errors="replace") if log.exists() else ""
+        now = time.monotonic() - start
+        for phase, marker in PHASES.items():
+            if phase not in ends and marker in text:
+                ends[phase] = now
+        if now > 600:
+            raise TimeoutError(f"job {job}: phases seen {sorted(ends)}; log:\n{text[-2000:]}")
+        time.sleep(POLL_S)
+    result = {"job": float(job), "submit_to_training_s": ends["first_step_s"]}
+    previous = 0.0
+    for phase in PHASES:  # durations, not end times
+        result[phase], previous = ends[phase] - previous, ends[phase]
+    wait(lambda: queued(job) == "")
+    result["end_to_sacct_s"] = wait(
+        lambda: sh("sacct", "-X", "-n", "-P", "-j", job, "-o", "State") == "COMPLETED"
+    )
+    return result
+
+
+IMPORTS = (
+    "import time; t = time.monotonic(); import torch; t1 = time.monotonic(); "
+    "import torch._dynamo; print(t1 - t, time.monotonic() - t1)"
+)
+
+
+def concurrent_imports() -> dict[str, float]:
+    """What every rank pays before it can train: import torch, then torch._dynamo (which torch
+    imports on the first optimizer it builds), on all four nodes at once, as a job does."""
+    wait_idle()
+    start = time.monotonic()
+    lines = sh("srun", "-N4", "python", "-c", IMPORTS).splitlines()
+    wall = time.monotonic() - start
+    torch_s = [float(line.split()[0]) for line in lines]
+    dynamo_s = [float(line.split()[1]) for line in lines]
+    return {
+        "imports_wall_s": wall,
+        "import_torch_s": max(torch_s),
+        "import_torch_dynamo_s": max(dynamo_s),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    sub.add_parser("running")
+    training = sub.add_parser("training")
+    training.add_argument("config")
+    training.add_argument("overrides", nargs="*")
+    sub.add_parser("imports")
+    args = parser.parse_args()
+    if args.what == "running":
+        result = sbatch_to_running()
+    elif args.what == "training":
+        result = submit_to_training(args.config, args.overrides)
+    else:
+        result = concurrent_imports()
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
