@@ -1,12 +1,15 @@
 """``python -m bench``: slurmlab's benchmarks, each a table followed by PASS / MISS lines.
 
     python -m bench [--quick] [--device cpu|cuda] [--models simple_cnn,resnet50] [--json OUT]
-                    [--only throughput,scaling,accuracy] [--steps N] [--warmup N] [--batch N]
+                    [--only throughput,profile,scaling,accuracy] [--steps N] [--warmup N]
+                    [--batch N]
 
 1. throughput: the trainer's fast path vs a seed-style DataLoader/PIL/fp32 baseline, side by
    side (bench/throughput.py); img/s, step time, data wait, peak memory, MFU.
 2. scaling: DDP over 1, 2, 4 local ranks (gloo on CPU; NCCL with >= 2 GPUs) (bench/scaling.py).
 3. accuracy: time to a fixed validation accuracy with the trainer's run() (bench/accuracy.py).
+4. profile: operator time by kind (convolution, batch norm, ...) for the fast and seed-style
+   compute setups, and the speed-up bound it implies (bench/profile_ops.py).
 
 Everything is written under a temporary directory (the repo may be mounted read-only); speed
 targets are checked only here, never in the tests. Exit status: 0 when every benchmark ran
@@ -30,7 +33,7 @@ import torch
 
 from bench.common import cpu_count, cpu_name, device_peak, load_line, make_synthetic
 
-BENCHMARKS = ("throughput", "scaling", "accuracy")
+BENCHMARKS = ("throughput", "profile", "scaling", "accuracy")
 # (batch, warm-up steps, timed steps) per device, model and mode
 THROUGHPUT_PLANS: dict[tuple[str, str, bool], tuple[int, int, int]] = {
     ("cpu", "simple_cnn", False): (128, 3, 20),
@@ -119,6 +122,7 @@ def banner(device: torch.device, threads: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from bench.accuracy import AccuracyPlan, run_accuracy
+    from bench.profile_ops import run_profile
     from bench.scaling import run_scaling_cpu, run_scaling_cuda
     from bench.throughput import ModelPlan, run_throughput
 
@@ -212,7 +216,12 @@ def main(argv: list[str] | None = None) -> int:
             work.mkdir()
             return run_accuracy(plan, work, device.type)
 
+        def profile() -> dict[str, Any]:
+            rounds = args.rounds or (1 if args.quick else 2)
+            return run_profile([(p.model, p.batch) for p in plans], device, rounds)
+
         section("throughput", throughput)
+        section("profile", profile)
         section("scaling", scaling)
         section("accuracy", accuracy)
 

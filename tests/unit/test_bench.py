@@ -206,3 +206,21 @@ def test_quick_bench_runs_end_to_end(tmp_path: Path) -> None:
     assert set(report["scaling"]["gloo"]["efficiency_wall"]) == {"1", "2", "4"}
     assert report["accuracy"]["time_to_accuracy"]["history"]
     print(f"python -m bench --quick (tiny steps) took {elapsed:.1f} s")
+
+
+def test_profile_sorts_operators_into_kinds_and_shares_sum_to_one() -> None:
+    from bench.profile_ops import CATEGORIES, category, profile_step
+
+    assert category("aten::convolution_backward") == "convolution"
+    assert category("aten::mkldnn_convolution") == "convolution"
+    assert category("aten::native_batch_norm_backward") == "batch norm"
+    assert category("aten::threshold_backward") == "relu"
+    assert category("aten::_foreach_add_") == "elementwise"
+    assert category("aten::max_pool2d") == "other"
+    ms, shares = profile_step(
+        "simple_cnn", torch.device("cpu"), batch=4, channels_last=True, amp_dtype=None, steps=1
+    )
+    assert ms > 0
+    assert set(shares) == set(CATEGORIES)
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert shares["convolution"] > 0.1  # a CNN's step is mostly convolutions

@@ -1,0 +1,143 @@
+"""Where a training step's time goes, by kind of operator (torch.profiler), for the fast path's
+compute setup and the seed-style one (fp32, NCHW) on the same model and batch.
+
+The throughput benchmark says *how much* faster the fast path is; this says how much faster it
+*could* be: once the input pipeline is off the critical path, what is left is the model's own
+operators, and if convolutions hold share ``c`` of the step, nothing short of faster convolution
+kernels can make the step more than ``1 / c`` times faster (Amdahl); the table's notes turn that
+into a bound on the speed-up over the seed-style setup. Self time is counted per
+operator (device time on CUDA, CPU time otherwise), so nested calls are not counted twice.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
+
+from bench.common import format_table, sync
+
+# the residual adds, copies, and SGD's momentum and weight updates
+ELEMENTWISE = ("aten::add", "aten::mul", "aten::copy", "aten::clone", "aten::fill", "aten::zero")
+CATEGORIES = ("convolution", "batch norm", "relu", "elementwise", "other")
+
+
+def category(op: str) -> str:
+    """The kind of an aten operator, by name (forward and backward together)."""
+    name = op.lower()
+    if "conv" in name:
+        return "convolution"
+    if "batch_norm" in name:
+        return "batch norm"
+    if "relu" in name or "threshold" in name:
+        return "relu"
+    if name.startswith(ELEMENTWISE) or "foreach" in name:  # foreach: SGD's update on CUDA
+        return "elementwise"
+    return "other"
+
+
+@dataclass
+class OpShares:
+    model: str
+    path: str
+    setup: str
+    step_ms: float
+    shares: dict[str, float]  # category -> fraction of the profiled self time
+
+    def row(self) -> list[Any]:
+        return [
+            self.model,
+            self.path,
+            self.setup,
+            f"{self.step_ms:.1f}",
+            *(f"{100 * self.shares.get(c, 0.0):.1f}%" for c in CATEGORIES),
+        ]
+
+
+def profile_step(
+    model_name: str,
+    device: torch.device,
+    batch: int,
+    channels_last: bool,
+    amp_dtype: torch.dtype | None,
+    steps: int = 2,
+) -> tuple[float, dict[str, float]]:
+    """(ms per profiled step, self-time share per category) of forward + backward + SGD step."""
+    from trainer.models import build_model
+
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = build_model(model_name, num_classes=10).to(device, memory_format=fmt)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    criterion = nn.CrossEntropyLoss()
+    x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, 10, (batch,), device=device)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=bool(amp_dtype)):
+            loss = criterion(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()  # warm-up: allocator, cuDNN / oneDNN algorithm choice
+    sync(device)
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities, acc_events=True) as prof:
+        for _ in range(steps):
+            step()
+        sync(device)
+    totals: Counter[str] = Counter()
+    for event in prof.key_averages():
+        spent = event.self_device_time_total if cuda else event.self_cpu_time_total
+        if spent > 0 and event.key.startswith("aten::"):
+            totals[category(event.key)] += spent
+    total = sum(totals.values()) or 1.0
+    return total / 1e3 / steps, {c: totals[c] / total for c in CATEGORIES}
+
+
+def run_profile(
+    models: list[tuple[str, int]], device: torch.device, rounds: int = 2
+) -> dict[str, Any]:
+    """models: (name, batch). Prints the table and the Amdahl bound per model. The two setups
+    alternate for ``rounds`` rounds and each keeps its fastest, as the throughput benchmark
+    does, so that a noisy host does not favour one of them."""
+    cuda = device.type == "cuda"
+    rows: list[OpShares] = []
+    lines = []
+    for model_name, batch in models:
+        fast_amp = torch.bfloat16 if cuda else None
+        fast_setup = f"{'bf16' if cuda else 'fp32'}, NHWC"
+        fast_runs, seed_runs = [], []
+        for _ in range(rounds):
+            fast_runs.append(profile_step(model_name, device, batch, True, fast_amp))
+            seed_runs.append(profile_step(model_name, device, batch, False, None))
+        fast_ms, fast = min(fast_runs, key=lambda r: r[0])
+        seed_ms, seed = min(seed_runs, key=lambda r: r[0])
+        rows.append(OpShares(model_name, "fast", fast_setup, fast_ms, fast))
+        rows.append(OpShares(model_name, "seed-style", "fp32, NCHW", seed_ms, seed))
+        conv_ms = fast_ms * fast["convolution"]
+        lines.append(
+            f"{model_name} (batch {batch}): convolutions take {conv_ms:.1f} of the fast path's "
+            f"{fast_ms:.1f} operator ms/step; with every other operator free it could be at "
+            f"most {seed_ms / max(conv_ms, 1e-9):.2f}x faster than seed-style's "
+            f"{seed_ms:.1f} ms (input pipeline aside)"
+        )
+    print(
+        format_table(
+            ["model", "path", "setup", "op ms/step", *CATEGORIES],
+            [r.row() for r in rows],
+            title=f"Operator time by kind, {device} (torch.profiler self time, batch as listed)",
+        )
+    )
+    for line in lines:
+        print(line)
+    return {
+        "rows": [r.__dict__ for r in rows],
+        "notes": lines,
+    }
