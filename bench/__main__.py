@@ -193,9 +193,10 @@ def main(argv: list[str] | None = None) -> int:
                 report[name] = {"error": str(exc)}
             print(f"({name}: {time.perf_counter() - t0:.1f} s)\n", flush=True)
 
+        rounds = args.rounds or (1 if args.quick else 2)  # alternating rounds per path
+
         def throughput() -> dict[str, Any]:
             peak = device_peak(device, quick=args.quick)
-            rounds = args.rounds or (1 if args.quick else 2)
             return run_throughput(plans, batch_dir, device, peak, workers, args.compile, rounds)
 
         def scaling() -> dict[str, Any]:
@@ -217,7 +218,6 @@ def main(argv: list[str] | None = None) -> int:
             return run_accuracy(plan, work, device.type)
 
         def profile() -> dict[str, Any]:
-            rounds = args.rounds or (1 if args.quick else 2)
             return run_profile([(p.model, p.batch) for p in plans], device, rounds)
 
         section("throughput", throughput)

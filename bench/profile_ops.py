@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from bench.common import format_table, sync
 
-# the residual adds, copies, and SGD's momentum and weight updates
+# the residual adds, copies, and the optimizer's updates (CPU: per-tensor add/mul; CUDA: the
+# trainer's fused SGD / AdamW kernels, or foreach ones)
 ELEMENTWISE = ("aten::add", "aten::mul", "aten::copy", "aten::clone", "aten::fill", "aten::zero")
 CATEGORIES = ("convolution", "batch norm", "relu", "elementwise", "other")
 
@@ -35,7 +35,7 @@ def category(op: str) -> str:
         return "batch norm"
     if "relu" in name or "threshold" in name:
         return "relu"
-    if name.startswith(ELEMENTWISE) or "foreach" in name:  # foreach: SGD's update on CUDA
+    if name.startswith(ELEMENTWISE) or "foreach" in name or "_fused_" in name:  # CUDA optimizers
         return "elementwise"
     return "other"
 
@@ -54,43 +54,31 @@ class OpShares:
             self.path,
             self.setup,
             f"{self.step_ms:.1f}",
-            *(f"{100 * self.shares.get(c, 0.0):.1f}%" for c in CATEGORIES),
+            *(f"{100 * self.shares[c]:.1f}%" for c in CATEGORIES),
         ]
 
 
 def profile_step(
-    model_name: str,
-    device: torch.device,
-    batch: int,
-    channels_last: bool,
-    amp_dtype: torch.dtype | None,
-    steps: int = 2,
-) -> tuple[float, dict[str, float]]:
-    """(ms per profiled step, self-time share per category) of forward + backward + SGD step."""
-    from trainer.models import build_model
+    model_name: str, device: torch.device, batch: int, fast: bool, steps: int = 2
+) -> tuple[float, dict[str, float], str]:
+    """(operator ms per step, self-time share per category, setup) of the fast path's training step
+    (the trainer's optimizer, schedule and train_step) or the seed-style one, on random input."""
+    from bench.throughput import fast_compute, fast_config, seed_compute
 
-    torch.manual_seed(0)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = build_model(model_name, num_classes=10).to(device, memory_format=fmt)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
-    criterion = nn.CrossEntropyLoss()
-    x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
+    compute = (
+        fast_compute(fast_config(model_name, batch), device, steps_per_epoch=steps + 1)
+        if fast
+        else seed_compute(model_name, device)
+    )
+    x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=compute.memory_format)
     y = torch.randint(0, 10, (batch,), device=device)
-
-    def step() -> None:
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=bool(amp_dtype)):
-            loss = criterion(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    step()  # warm-up: allocator, cuDNN / oneDNN algorithm choice
+    compute.step(x, y)  # warm-up: allocator, cuDNN / oneDNN algorithm choice
     sync(device)
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities, acc_events=True) as prof:
         for _ in range(steps):
-            step()
+            compute.step(x, y)
         sync(device)
     totals: Counter[str] = Counter()
     for event in prof.key_averages():
@@ -98,7 +86,7 @@ def profile_step(
         if spent > 0 and event.key.startswith("aten::"):
             totals[category(event.key)] += spent
     total = sum(totals.values()) or 1.0
-    return total / 1e3 / steps, {c: totals[c] / total for c in CATEGORIES}
+    return total / 1e3 / steps, {c: totals[c] / total for c in CATEGORIES}, compute.setup
 
 
 def run_profile(
@@ -107,20 +95,17 @@ def run_profile(
     """models: (name, batch). Prints the table and the Amdahl bound per model. The two setups
     alternate for ``rounds`` rounds and each keeps its fastest, as the throughput benchmark
     does, so that a noisy host does not favour one of them."""
-    cuda = device.type == "cuda"
     rows: list[OpShares] = []
     lines = []
     for model_name, batch in models:
-        fast_amp = torch.bfloat16 if cuda else None
-        fast_setup = f"{'bf16' if cuda else 'fp32'}, NHWC"
         fast_runs, seed_runs = [], []
         for _ in range(rounds):
-            fast_runs.append(profile_step(model_name, device, batch, True, fast_amp))
-            seed_runs.append(profile_step(model_name, device, batch, False, None))
-        fast_ms, fast = min(fast_runs, key=lambda r: r[0])
-        seed_ms, seed = min(seed_runs, key=lambda r: r[0])
+            fast_runs.append(profile_step(model_name, device, batch, fast=True))
+            seed_runs.append(profile_step(model_name, device, batch, fast=False))
+        fast_ms, fast, fast_setup = min(fast_runs, key=lambda r: r[0])
+        seed_ms, seed, seed_setup = min(seed_runs, key=lambda r: r[0])
         rows.append(OpShares(model_name, "fast", fast_setup, fast_ms, fast))
-        rows.append(OpShares(model_name, "seed-style", "fp32, NCHW", seed_ms, seed))
+        rows.append(OpShares(model_name, "seed-style", seed_setup, seed_ms, seed))
         conv_ms = fast_ms * fast["convolution"]
         lines.append(
             f"{model_name} (batch {batch}): convolutions take {conv_ms:.1f} of the fast path's "

@@ -43,6 +43,7 @@ from bench.common import (
     format_table,
     sync,
 )
+from trainer.config import Config, load_config
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 TARGET_SPEEDUP = {"cpu": 1.5, "cuda": 5.0}
@@ -231,6 +232,70 @@ def _cleanup(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+@dataclass
+class Compute:
+    """One path's model and training step, apart from its input pipeline."""
+
+    model: nn.Module
+    step: Callable[[torch.Tensor, torch.Tensor], Any]  # (x, y) -> whatever the loop tallies
+    memory_format: torch.memory_format
+    setup: str  # precision and memory format, for the tables
+
+
+def fast_config(model_name: str, batch: int, compile_model: bool = False) -> Config:
+    return load_config(
+        None, [f"model={model_name}", f"batch_size={batch}", f"compile={compile_model}"]
+    )
+
+
+def fast_compute(cfg: Config, device: torch.device, steps_per_epoch: int) -> Compute:
+    """The trainer's model, optimizer, lr schedule and train_step, built as trainer.train._train
+    builds them for one process. The step returns (loss, n correct) on the device."""
+    from trainer.models import build_model
+    from trainer.train import build_optimizer, build_scheduler, train_step
+
+    cuda = device.type == "cuda"
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision) if cuda else None
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, num_classes=10).to(device, memory_format=fmt)
+    lr = cfg.lr * cfg.batch_size / cfg.lr_reference_batch
+    optimizer = build_optimizer(model, cfg, lr, device)
+    scheduler, _, _ = build_scheduler(optimizer, cfg, steps_per_epoch)
+    scaler = torch.amp.GradScaler("cuda") if cuda and cfg.precision == "fp16" else None
+    train_model: Any = torch.compile(model) if cfg.compile else model
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return train_step(train_model, x, y, criterion, optimizer, scheduler, scaler, amp_dtype)
+
+    setup = (
+        f"{str(amp_dtype).replace('torch.', '') if amp_dtype else 'fp32'}, "
+        f"{'NHWC' if cfg.channels_last else 'NCHW'}" + (", compiled" if cfg.compile else "")
+    )
+    return Compute(model, step, fmt, setup)
+
+
+def seed_compute(model_name: str, device: torch.device) -> Compute:
+    """The seed project's model and step: fp32, NCHW, plain SGD, loss.item() every step."""
+    from trainer.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(model_name, num_classes=10).to(device)
+    criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+
+    def step(inputs: torch.Tensor, labels: torch.Tensor) -> float:
+        optimizer.zero_grad()
+        outputs = model(inputs)
+        loss = criterion(outputs, labels)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    return Compute(model, step, torch.contiguous_format, "fp32, NCHW")
+
+
 def run_fast(
     model_name: str,
     batch_dir: Path,
@@ -241,26 +306,15 @@ def run_fast(
     compile_model: bool = False,
 ) -> PathResult:
     """The trainer's fast path, set up as trainer.train._train does for one process."""
-    from trainer.config import load_config
     from trainer.data import DeviceLoader, read_cifar_dir
-    from trainer.models import build_model
-    from trainer.train import build_optimizer, build_scheduler, train_step
 
-    cfg = load_config(
-        None, [f"model={model_name}", f"batch_size={batch}", f"compile={compile_model}"]
-    )
+    cfg = fast_config(model_name, batch, compile_model)
     cuda = device.type == "cuda"
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision) if cuda else None
-    channels_last = cfg.channels_last
     with (
         _backend_flags(cudnn_benchmark=cuda, matmul_precision="high" if cuda else "highest"),
         _measure_memory(device) as mem,
     ):
         data = read_cifar_dir(batch_dir)
-        torch.manual_seed(cfg.seed)
-        model = build_model(model_name, num_classes=len(data.classes)).to(device)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
         loader = DeviceLoader(
             data.train_x,
             data.train_y,
@@ -271,14 +325,9 @@ def run_fast(
             seed=cfg.seed,
             train=True,
             augment=True,
-            channels_last=channels_last,
+            channels_last=cfg.channels_last,
         )
-        lr = cfg.lr * batch / cfg.lr_reference_batch
-        optimizer = build_optimizer(model, cfg, lr, device)
-        scheduler, _, _ = build_scheduler(optimizer, cfg, len(loader))
-        scaler = torch.amp.GradScaler("cuda") if cuda and cfg.precision == "fp16" else None
-        train_model: Any = torch.compile(model) if compile_model else model
-        criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        compute = fast_compute(cfg, device, len(loader))
         # the trainer's per-step bookkeeping: device-side sums, no host sync
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.float64, device=device)
@@ -291,20 +340,14 @@ def run_fast(
 
         def step(x: torch.Tensor, y: torch.Tensor) -> None:
             nonlocal loss_sum, correct
-            loss, n_correct = train_step(
-                train_model, x, y, criterion, optimizer, scheduler, scaler, amp_dtype
-            )
+            loss, n_correct = compute.step(x, y)
             loss_sum += loss.double() * y.shape[0]
             correct += n_correct
 
         total, data_s = timed_loop(lambda: next(batches), step, device, warmup, steps)
         float(loss_sum.item())  # the trainer reads these every log_every steps
         batches.close()
-    setup = (
-        f"{str(amp_dtype).replace('torch.', '') if amp_dtype else 'fp32'}, "
-        f"{'NHWC' if channels_last else 'NCHW'}, on-device loader"
-        + (", compiled" if compile_model else "")
-    )
+    setup = compute.setup + ", on-device loader"
     return PathResult.from_timing(model_name, "fast", batch, steps, total, data_s, mem, setup)
 
 
@@ -318,8 +361,6 @@ def run_baseline(
     workers: int,
 ) -> PathResult:
     """The seed-style loop: per-sample PIL transforms in DataLoader workers, fp32, NCHW."""
-    from trainer.models import build_model
-
     cuda = device.type == "cuda"
     with (
         _backend_flags(cudnn_benchmark=False, matmul_precision="highest"),
@@ -334,10 +375,7 @@ def run_baseline(
             pin_memory=cuda,
             drop_last=True,
         )
-        torch.manual_seed(0)
-        model = build_model(model_name, num_classes=10).to(device)
-        criterion = nn.CrossEntropyLoss()
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        compute = seed_compute(model_name, device)
         running_loss = 0.0
         batches = _forever(lambda _epoch: iter(loader))
 
@@ -347,16 +385,11 @@ def run_baseline(
 
         def step(inputs: torch.Tensor, labels: torch.Tensor) -> None:
             nonlocal running_loss
-            optimizer.zero_grad()
-            outputs = model(inputs)
-            loss = criterion(outputs, labels)
-            loss.backward()
-            optimizer.step()
-            running_loss += loss.item()
+            running_loss += compute.step(inputs, labels)
 
         total, data_s = timed_loop(next_batch, step, device, warmup, steps)
         batches.close()  # stops the workers inside the memory window
-    setup = f"fp32, NCHW, DataLoader + PIL, {workers} workers"
+    setup = f"{compute.setup}, DataLoader + PIL, {workers} workers"
     return PathResult.from_timing(model_name, "baseline", batch, steps, total, data_s, mem, setup)
 
 

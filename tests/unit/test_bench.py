@@ -216,11 +216,11 @@ def test_profile_sorts_operators_into_kinds_and_shares_sum_to_one() -> None:
     assert category("aten::native_batch_norm_backward") == "batch norm"
     assert category("aten::threshold_backward") == "relu"
     assert category("aten::_foreach_add_") == "elementwise"
+    assert category("aten::_fused_sgd_") == "elementwise"  # the trainer's SGD on CUDA
     assert category("aten::max_pool2d") == "other"
-    ms, shares = profile_step(
-        "simple_cnn", torch.device("cpu"), batch=4, channels_last=True, amp_dtype=None, steps=1
-    )
+    ms, shares, setup = profile_step("simple_cnn", torch.device("cpu"), batch=4, fast=True, steps=1)
     assert ms > 0
+    assert setup == "fp32, NHWC"  # the trainer's CPU setup
     assert set(shares) == set(CATEGORIES)
     assert sum(shares.values()) == pytest.approx(1.0)
     assert shares["convolution"] > 0.1  # a CNN's step is mostly convolutions
