@@ -9,8 +9,8 @@ killing the writer is a race: the write may finish in between. To make the kill 
 the save every time, the writer is frozen first (SIGSTOP), the temp file is checked again while
 nothing can move, and the writer is killed only if the file is there and already holds data (a
 checkpoint cut short, not just an empty file); otherwise the writer is resumed and the watch goes
-on. The first save is always let through, so there is
-a previous checkpoint for the resume to fall back on.
+on. The first save is always let through, so there is a previous checkpoint for the resume to
+fall back on.
 
 Prints one line, ``killed PID while writing NAME (BYTES bytes; previous: NAME)``; exits 1 if no
 save could be interrupted before the timeout.
