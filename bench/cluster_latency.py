@@ -2,9 +2,11 @@
 
     python -m bench.cluster_latency [--repeats 3]        (from the host: make bench-cluster)
 
-Measures, in one run: ``make up`` from clean volumes to 4 idle GPU nodes (images already built),
+Measures, in one run: ``make up`` from clean volumes to every node idle (images already built),
 ``make up`` after ``make down`` (state kept), sbatch -> RUNNING, submit -> every rank inside the
-training loop, job end -> COMPLETED in sacct; and reports the image size. The cold image build
+training loop (split into phases), job end -> COMPLETED in sacct, and the imports every rank pays
+before it trains; the job figures are timed on the login node by bench/job_probe.py. Reports the
+image size too. The cold image build
 time is printed by ``make image`` itself (``== image ... ready (N s)``).
 """
 
@@ -90,16 +92,16 @@ def image_size_gb() -> float:
 
 
 ROWS = {  # key -> label, in print order; indented rows break down the row above them
-    "up_ready_s": "make up -> 4 idle nodes (clean)",
+    "up_ready_s": "make up -> all nodes idle (clean)",
     "restart_ready_s": "make up after make down",
-    "sbatch_running_s": "sbatch -> RUNNING (4 nodes)",
+    "sbatch_running_s": "sbatch -> RUNNING (all nodes)",
     "submit_to_training_s": "submit -> all ranks training",
     "queue_s": "  queue + batch script start",
     "imports_rendezvous_s": "  python/torch import, rendezvous",
     "setup_s": "  data, model, optimizer, DDP",
     "first_step_s": "  first DDP step",
     "end_to_sacct_s": "job end -> COMPLETED in sacct",
-    "imports_wall_s": "srun -N4: import torch+_dynamo",
+    "imports_wall_s": "import torch+_dynamo, all nodes",
     "import_torch_s": "  import torch (slowest rank)",
     "import_torch_dynamo_s": "  import torch._dynamo (slowest)",
 }

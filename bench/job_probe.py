@@ -1,8 +1,8 @@
 """Job latencies timed from *inside* the cluster, on the login node (run by bench.cluster_latency).
 
-    python -m bench.job_probe running                 # sbatch -> RUNNING, 4 nodes
+    python -m bench.job_probe running                 # sbatch -> RUNNING, every node
     python -m bench.job_probe training CONFIG [k=v]   # submit -> every rank training, by phase
-    python -m bench.job_probe imports                 # python + torch imports on 4 nodes at once
+    python -m bench.job_probe imports                 # python + torch imports on every node
 
 Each prints one JSON object. Timing here, not from the host, keeps ``docker compose exec``'s own
 start-up (~0.5-1 s per poll with Compose v1) out of the figures. The training phases are read off
@@ -29,6 +29,11 @@ PHASES = {  # phase -> the log text that ends it, in order
     "setup_s": "slurmlab trainer |",
     "first_step_s": "Batch: 1,",
 }
+
+
+def node_count() -> int:
+    """The cluster's size, from Slurm (slurm.conf defines it once)."""
+    return len(sh("sinfo", "-h", "-N", "-o", "%N").split())
 
 
 def sh(*cmd: str, env: dict[str, str] | None = None) -> str:
@@ -60,7 +65,8 @@ def wait_idle() -> None:
 def sbatch_to_running() -> dict[str, float]:
     wait_idle()
     start = time.monotonic()
-    job = sh("sbatch", "--parsable", "-N4", "-o", "/dev/null", "--wrap", "srun sleep 2")
+    nodes = f"--nodes={node_count()}"
+    job = sh("sbatch", "--parsable", nodes, "-o", "/dev/null", "--wrap", "srun sleep 2")
     wait(lambda: queued(job) in {"RUNNING", "COMPLETING", ""})
     elapsed = time.monotonic() - start
     wait(lambda: queued(job) == "")
@@ -109,10 +115,10 @@ IMPORTS = (
 
 def concurrent_imports() -> dict[str, float]:
     """What every rank pays before it can train: import torch, then torch._dynamo (which torch
-    imports on the first optimizer it builds), on all four nodes at once, as a job does."""
+    imports on the first optimizer it builds), on every node at once, as a job does."""
     wait_idle()
     start = time.monotonic()
-    lines = sh("srun", "-N4", "python", "-c", IMPORTS).splitlines()
+    lines = sh("srun", f"--nodes={node_count()}", "python", "-c", IMPORTS).splitlines()
     wall = time.monotonic() - start
     torch_s = [float(line.split()[0]) for line in lines]
     dynamo_s = [float(line.split()[1]) for line in lines]
