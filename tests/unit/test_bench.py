@@ -16,7 +16,7 @@ from torch import nn
 
 from bench.accuracy import time_to_accuracy
 from bench.common import Check, PeakRss, count_flops, format_checks, format_table
-from bench.scaling import RankResult, _point
+from bench.scaling import Point, RankResult, _point, best_points
 from bench.throughput import SeedCIFAR10, seed_transform, timed_loop
 
 REPO = Path(__file__).resolve().parents[2]
@@ -118,6 +118,20 @@ def test_peak_rss_and_scaling_arithmetic() -> None:
     assert p.aggregate_img_s == pytest.approx(2 * 64 * 10 / 4.0)  # slowest rank sets the pace
     assert p.per_rank_img_s == pytest.approx((320 + 160) / 2)
     assert p.cores_used == pytest.approx(0.5)
+
+
+def test_scaling_points_alternate_order_and_keep_the_fastest_round() -> None:
+    calls: list[tuple[int, int]] = []
+    speeds = iter([100.0, 200.0, 50.0, 300.0, 150.0, 40.0])  # round 1: a, b, c; round 2: c, b, a
+
+    def run(n: int, t: int, ddp: bool) -> Point:
+        calls.append((n, t, ddp))
+        return Point(n, t, 64, 0.0, next(speeds), 0.0, 1.0)
+
+    a, b, c = (1, 1, True), (2, 1, True), (2, 1, False)
+    best = best_points([a, b, c, b], 2, run)  # a repeated key runs once per round
+    assert calls == [a, b, c, c, b, a]
+    assert {k: p.aggregate_img_s for k, p in best.items()} == {a: 100.0, b: 200.0, c: 300.0}
 
 
 def test_time_to_accuracy_from_metrics_records() -> None:
