@@ -46,8 +46,8 @@ THROUGHPUT_PLANS: dict[tuple[str, str, bool], tuple[int, int, int]] = {
     ("cuda", "resnet50", True): (256, 5, 10),
 }
 # scaling: (model, per-rank batch, warm-up, timed steps). The CPU batch is one where compute
-# dominates, as the target asks: at 128 a 4-rank step on 2 shared cores lost ~10 % waiting for the
-# slowest rank's all-reduce turn; at 512 DDP matches the same ranks without DDP.
+# dominates, as the target asks: with 4 ranks time-sharing 2 cores, DDP reached 88 % of the same
+# ranks without DDP at 128 per rank, 91-103 % at 512 (see README, Performance).
 SCALING_PLANS: dict[tuple[str, bool], tuple[str, int, int, int]] = {
     ("cpu", False): ("simple_cnn", 512, 2, 6),
     ("cpu", True): ("simple_cnn", 32, 1, 3),
