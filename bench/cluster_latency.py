@@ -6,8 +6,8 @@ Measures, in one run: ``make up`` from clean volumes to every node idle (images 
 ``make up`` after ``make down`` (state kept), sbatch -> RUNNING, submit -> every rank inside the
 training loop (split into phases), job end -> COMPLETED in sacct, and the imports every rank pays
 before it trains; the job figures are timed on the login node by bench/job_probe.py. Reports the
-image size too. The cold image build
-time is printed by ``make image`` itself (``== image ... ready (N s)``).
+image size too. The cold image build time is printed by ``make image`` itself
+(``== image ... ready (N s)``).
 """
 
 from __future__ import annotations

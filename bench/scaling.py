@@ -384,7 +384,7 @@ def run_scaling_cpu(
         rows.append(
             [
                 n,
-                f"{t_fixed}",
+                t_fixed,
                 f"{n * t_fixed}{over}",
                 f"{p.aggregate_img_s:,.1f}",
                 f"{p.step_ms:.0f}",

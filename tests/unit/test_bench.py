@@ -16,7 +16,7 @@ from torch import nn
 
 from bench.accuracy import time_to_accuracy
 from bench.common import Check, PeakRss, count_flops, format_checks, format_table
-from bench.scaling import Point, RankResult, _point, best_points
+from bench.scaling import Key, Point, RankResult, _point, best_points
 from bench.throughput import SeedCIFAR10, seed_transform, timed_loop
 
 REPO = Path(__file__).resolve().parents[2]
@@ -121,7 +121,7 @@ def test_peak_rss_and_scaling_arithmetic() -> None:
 
 
 def test_scaling_points_alternate_order_and_keep_the_fastest_round() -> None:
-    calls: list[tuple[int, int]] = []
+    calls: list[Key] = []
     speeds = iter([100.0, 200.0, 50.0, 300.0, 150.0, 40.0])  # round 1: a, b, c; round 2: c, b, a
 
     def run(n: int, t: int, ddp: bool) -> Point:
@@ -217,7 +217,11 @@ def test_quick_bench_runs_end_to_end(tmp_path: Path) -> None:
     fast = next(r for r in report["throughput"]["results"] if r["path"] == "fast")
     assert fast["img_s"] > 0 and 0 <= fast["data_wait"] < 1
     assert report["throughput"]["flops_per_image"]["simple_cnn"]["forward"] > 0
-    assert set(report["scaling"]["gloo"]["efficiency_wall"]) == {"1", "2", "4"}
+    gloo = report["scaling"]["gloo"]
+    assert set(gloo["efficiency_wall"]) == set(gloo["efficiency_ddp"]) == {"1", "2", "4"}
+    # every multi-rank count ran both with DDP and as independent ranks (the hardware reference)
+    ran = {(p["ranks"], p["ddp"]) for p in gloo["points"]}
+    assert {(2, True), (2, False), (4, True), (4, False)} <= ran
     assert report["accuracy"]["time_to_accuracy"]["history"]
     print(f"python -m bench --quick (tiny steps) took {elapsed:.1f} s")
 
