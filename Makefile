@@ -14,8 +14,9 @@ ifeq ($(GPUS),1)
 export SLURMLAB_GPU_MODE := nvidia
 endif
 DC := $(COMPOSE) $(COMPOSE_FILES)
-# Commands in the cluster run as the unprivileged job user, from the checkout.
-AS_USER := $(DC) exec -T -u slurmlab slurmctld
+# This cluster's files on the host; its shared/ is the cluster's shared filesystem (see .env).
+CLUSTER_HOST_DIR := $(abspath $(SLURMLAB_HOST_DIR)/$(COMPOSE_PROJECT_NAME))
+export SHARED_HOST_DIR := $(CLUSTER_HOST_DIR)/shared
 
 VENV := .venv
 PYTEST_ARGS ?=
@@ -37,6 +38,7 @@ image: ## Build the cluster image (and debian:trixie-slim locally if no registry
 
 .PHONY: up
 up: image ## Start the cluster and wait until every node is idle with its GPU
+	@mkdir -p "$(SHARED_HOST_DIR)"  # by us, not by Docker as root
 	@$(DC) up -d --remove-orphans
 	@scripts/wait-ready.sh
 
@@ -45,8 +47,11 @@ down: ## Stop the cluster (state, accounting, secrets and /shared are kept)
 	@$(DC) down --remove-orphans
 
 .PHONY: clean
-clean: ## Stop the cluster and delete ALL its state: accounting DB, job state, secrets, /shared
+clean: ## Stop the cluster and delete ALL its state: accounting DB, job state, secrets, shared files
 	@$(DC) down --volumes --remove-orphans
+	@# Jobs wrote the shared files as the job user; where that is not us, remove them as root.
+	@rm -rf "$(CLUSTER_HOST_DIR)" 2>/dev/null || docker run --rm --entrypoint rm \
+	  -v "$(dir $(CLUSTER_HOST_DIR)):/host" $(SLURMLAB_IMAGE) -rf "/host/$(COMPOSE_PROJECT_NAME)"
 
 .PHONY: status
 status: ## Nodes, queue and recent jobs in one screen

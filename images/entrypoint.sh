@@ -8,7 +8,8 @@
 #   /run/slurmlab/db/password     (volume "db-secret", 0400 root)   mariadb and slurmdbd only
 set -euo pipefail
 
-readonly CONFIG_SRC=${SLURMLAB_CONFIG_DIR:-/workspace/slurm}
+readonly CHECKOUT=/workspace
+readonly CONFIG_SRC=${SLURMLAB_CONFIG_DIR:-${CHECKOUT}/slurm}
 readonly SLURM_ETC=/etc/slurm
 readonly MUNGE_KEY=/etc/munge/munge.key
 readonly DB_SECRET_DIR=/run/slurmlab/db
@@ -71,6 +72,7 @@ link_slurm_config() {
     install -d -m 0755 "${SLURM_ETC}"
     ln -sfn "${CONFIG_SRC}/slurm.conf" "${SLURM_ETC}/slurm.conf"
     ln -sfn "${CONFIG_SRC}/cgroup.conf" "${SLURM_ETC}/cgroup.conf"
+    ln -sfn "${CONFIG_SRC}/cli_filter.lua" "${SLURM_ETC}/cli_filter.lua"
     install -d -o slurm -g slurm -m 0755 /var/log/slurm
 }
 
@@ -122,6 +124,63 @@ run_slurmdbd() {
     exec slurmdbd -D
 }
 
+slurm_setting() { sed -n "s/^$1=//p" "${SLURM_ETC}/slurm.conf"; }
+
+# The job user takes the uid/gid of the checkout's owner, as dev containers do: jobs can then
+# write their output (slurm-%j.out) into the checkout, and what they write belongs to that user on
+# the host. A root-owned checkout cannot be adopted (jobs never run as root): the job user keeps
+# its image uid, and sbatch refuses output into the checkout up front (slurm/cli_filter.lua).
+adopt_checkout_owner() {
+    local uid gid current holder
+    uid=$(stat -c %u "${CHECKOUT}")
+    gid=$(stat -c %g "${CHECKOUT}")
+    current=$(id -u "${JOB_USER}")
+    if (( uid == 0 )); then
+        log "the checkout belongs to root: ${JOB_USER} keeps uid ${current} and cannot write into ${CHECKOUT}"
+        return
+    fi
+    (( uid != current )) || return 0
+    holder=$(getent passwd "${uid}" | cut -d: -f1 || true)
+    if [[ -n ${holder} ]]; then
+        log "warning: the checkout's owner uid ${uid} is ${holder} in the image; ${JOB_USER} keeps uid ${current}"
+        return
+    fi
+    if getent group "${gid}" >/dev/null; then
+        usermod -g "${gid}" "${JOB_USER}"
+    else
+        groupmod -g "${gid}" "${JOB_USER}"
+        usermod -g "${gid}" "${JOB_USER}"
+    fi
+    usermod -u "${uid}" "${JOB_USER}"
+    log "${JOB_USER} now has the checkout owner's uid ${uid} and gid ${gid}"
+}
+
+# Login shells (make shell, su -, Slurm's login environment for --export=NONE) start from
+# /etc/profile, which resets PATH and so would drop the venv. Give them the container's own job
+# environment: the image's and compose's variables, less those that belong to a session.
+write_login_env() {
+    local name
+    {
+        echo "# Written by the slurmlab entrypoint: the container's environment for login shells."
+        while IFS= read -r name; do
+            case ${name} in
+                HOME | HOSTNAME | PWD | OLDPWD | SHLVL | TERM | _) ;;
+                *) printf 'export %s=%q\n' "${name}" "${!name}" ;;
+            esac
+        done < <(compgen -e)
+    } >/etc/profile.d/slurmlab.sh
+}
+
+# What slurmd gives a job for --export=NONE, --export=<list> and --get-user-env: the job user's
+# login environment, read from the cache file that GetEnvTimeout=0 selects (see slurm.conf).
+write_user_env_cache() {
+    local dir
+    dir="$(slurm_setting StateSaveLocation)/env_cache"
+    install -d -m 0755 "${dir}"
+    runuser -l "${JOB_USER}" -c /usr/bin/env >"${dir}/${JOB_USER}.new"
+    mv "${dir}/${JOB_USER}.new" "${dir}/${JOB_USER}"
+}
+
 prepare_shared() {
     install -d -o "${JOB_USER}" -g "${JOB_USER}" -m 0755 "${SHARED}"
     local sub
@@ -133,12 +192,14 @@ prepare_shared() {
 run_slurmctld() {
     start_munge
     link_slurm_config
+    adopt_checkout_owner
+    write_login_env
     prepare_shared
     install -d -o slurm -g slurm -m 0700 /var/spool/slurmctld
     chown -R slurm:slurm /var/spool/slurmctld
     # Register the cluster before the controller's first start so sacct sees the very first job.
     local cluster
-    cluster=$(sed -n 's/^ClusterName=//p' "${SLURM_ETC}/slurm.conf")
+    cluster=$(slurm_setting ClusterName)
     if [[ -z $(sacctmgr -n -P show cluster "${cluster}" format=cluster) ]]; then
         log "registering cluster ${cluster} in accounting"
         sacctmgr -i add cluster "${cluster}" >/dev/null
@@ -169,6 +230,9 @@ write_gres_conf() {
 run_slurmd() {
     start_munge
     link_slurm_config
+    adopt_checkout_owner
+    write_login_env
+    write_user_env_cache
     write_gres_conf
     install -d -m 0755 /var/spool/slurmd
     exec slurmd -D -N "$(hostname)"

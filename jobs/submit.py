@@ -6,11 +6,12 @@
     python jobs/submit.py --sweep lr=0.05,0.1,0.2 --config jobs/configs/simple_cnn_synthetic.yaml
 
 Run it from the project checkout on a login node (in slurmlab: `make shell`). The submitit folder
-must be on a filesystem that every node sees at the same path (default: $SLURMLAB_SHARED/submitit).
+must be on a filesystem that every node sees at the same path (default: $SLURMLAB_SHARED/submitit,
+or submitit/ in the working directory when SLURMLAB_SHARED is not set).
 
 Timeouts and preemption: submitit asks Slurm for USR2 shortly before the time limit; the task's
 checkpoint() (trainer/submitit_job.py) requeues the job under the same id, and the next run
-resumes from the trainer's latest periodic checkpoint in /shared/runs/<job id>/checkpoints.
+resumes from the trainer's latest periodic checkpoint in $SLURMLAB_SHARED/runs/<job id>.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +31,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python jobs/submit.py` puts jobs/ on sys.path, not the checkout
     sys.path.insert(0, str(REPO))
 
-from trainer.config import ConfigError, load_config  # noqa: E402
+from trainer.config import ConfigError, load_config, shared_path  # noqa: E402
 from trainer.submitit_job import TrainJob  # noqa: E402
 
 DEFAULT_CONFIG = "jobs/configs/resnet50_cifar10.yaml"
-SHARED = os.environ.get("SLURMLAB_SHARED", "/shared")
+# Slurm states after which a job never changes again (sacct(1), JOB STATE CODES).
+ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "COMPLETING", "SUSPENDED", "RESIZING"}
 
 
 def slurm_parameters(
@@ -71,6 +75,28 @@ def sweep_grid(specs: list[str]) -> list[list[str]]:
     return [list(combo) for combo in itertools.product(*axes)]
 
 
+def final_states(job_ids: list[str], timeout_s: float = 120) -> dict[str, str]:
+    """Each job's final Slurm state from accounting, waiting (bounded) until Slurm has closed it.
+
+    submitit hands back a result as soon as the task has written it, while Slurm may still be
+    ending the job: a state read at that moment can still say RUNNING.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        out = subprocess.run(
+            ["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        states = dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
+        states = {job: state.split()[0] for job, state in states.items() if job in job_ids}
+        done = len(states) == len(job_ids) and not ACTIVE_STATES & set(states.values())
+        if done or time.monotonic() > deadline:
+            return {job: states.get(job, "UNKNOWN") for job in job_ids}
+        time.sleep(1)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--config", default=os.environ.get("CONFIG", DEFAULT_CONFIG))
@@ -78,7 +104,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gpus-per-node", type=int, default=1)
     p.add_argument("--timeout-min", type=int, default=120)
     p.add_argument("--partition", default=None)
-    p.add_argument("--folder", default=f"{SHARED}/submitit/%j")
+    p.add_argument("--folder", default=os.path.abspath(shared_path("submitit", "%j")))
     p.add_argument("--sweep", nargs="+", metavar="KEY=V1,V2", help="job array over a grid")
     p.add_argument("--no-wait", action="store_true", help="print the job id and return")
     p.add_argument("overrides", nargs="*", metavar="key=value")
@@ -104,14 +130,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"submitted job array {jobs[0].job_id.split('_')[0]} ({len(jobs)} tasks)", flush=True)
         if args.no_wait:
             return 0
-        print(f"{'job':<12} {'overrides':<40} {'val_acc':>8} {'epochs':>6}")
-        for job, point in zip(jobs, grid, strict=True):
-            result = job.result()
+        results = [job.result() for job in jobs]
+        states = final_states([job.job_id for job in jobs])
+        print(f"{'job':<12} {'overrides':<40} {'state':<10} {'val_acc':>8} {'epochs':>6}")
+        for job, point, result in zip(jobs, grid, results, strict=True):
             print(
-                f"{job.job_id:<12} {' '.join(point):<40} "
+                f"{job.job_id:<12} {' '.join(point):<40} {states[job.job_id]:<10} "
                 f"{result['val_acc']:>8.2f} {result['epochs_completed']:>6}"
             )
-        return 0
+        return 0 if set(states.values()) == {"COMPLETED"} else 1
 
     params = slurm_parameters(
         "ddp-submitit", args.nodes, args.gpus_per_node, args.timeout_min, args.partition
@@ -125,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     results = job.results()  # one per task (rank)
     rank0 = results[0]
-    print(f"job {job.job_id}: {len(results)} ranks returned; rank 0: {rank0}")
-    return 0
+    state = final_states([job.job_id])[job.job_id]
+    print(f"job {job.job_id}: {len(results)} ranks returned, {state}; rank 0: {rank0}")
+    return 0 if state == "COMPLETED" else 1
 
 
 if __name__ == "__main__":

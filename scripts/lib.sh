@@ -10,5 +10,6 @@ if [[ -z ${DC:-} ]]; then
 fi
 read -r -a dc <<<"${DC}"
 
-# Run a command on the controller (the login node) as the unprivileged job user.
-on_login() { "${dc[@]}" exec -T -u slurmlab slurmctld "$@"; }
+# Run a command on the controller (the login node) as the unprivileged job user, in the login
+# shell that `make shell` gives (its PATH and environment), from the checkout.
+on_login() { "${dc[@]}" exec -T -u slurmlab slurmctld bash -lc 'exec "$@"' login-shell "$@"; }

@@ -31,7 +31,11 @@ fi
 # Reject a bad config or override here, before anything is submitted.
 on_login python -m trainer --config "${config}" --check "$@"
 
-job=$(on_login env CONFIG="${config}" sbatch --parsable "${job_file}" "$@")
+# The log goes to the shared filesystem, not the checkout: a root-owned checkout (CI, a root
+# shell on a GPU box) is not writable by the job user, and the host can read it there.
+shared=${SLURMLAB_SHARED:?see .env}
+job=$(on_login env CONFIG="${config}" sbatch --parsable --output="${shared}/logs/%x-%j.out" \
+    "${job_file}" "$@")
 job=${job%%;*}
 echo "== submitted job ${job}: ${job_file} with ${config} $*"
 stdout=$(on_login scontrol show job "${job}" | sed -n 's/^ *StdOut=//p')
@@ -39,6 +43,13 @@ status=0
 on_login scripts/follow-job.sh "${job}" || status=$?
 
 (( status == 0 )) || { echo "error: job ${job} did not complete; its log is above (make logs JOB=${job})" >&2; exit "${status}"; }
-run_dir=${SLURMLAB_SHARED:-/shared}/runs/${job}
-echo "== results of job ${job} (in the cluster's /shared, see make shell)"
-on_login bash -c "grep -h '^Final' ${stdout} | tail -1; ls -1 ${run_dir}/curves.png; ls -1d ${run_dir}/checkpoints/* | tail -1"
+# The same files on the host: SHARED_HOST_DIR is the directory behind the cluster's ${shared}.
+host_dir=${SHARED_HOST_DIR:?run through make}
+run_dir=${host_dir}/runs/${job}
+log=${host_dir}${stdout#"${shared}"}
+grep -h '^Final' "${log}" | tail -1
+echo "== results of job ${job}, on this host:"
+echo "   curves:      ${run_dir}/curves.png"
+echo "   metrics:     ${run_dir}/metrics.jsonl"
+echo "   rank-0 log:  ${log}"
+echo "   checkpoint:  $(find "${run_dir}/checkpoints" -name '*.pt' | sort | tail -1)"

@@ -19,7 +19,14 @@ from typing import Any
 
 import yaml
 
-__all__ = ["Config", "ConfigError", "load_config", "parse_overrides", "resolve_paths"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "load_config",
+    "parse_overrides",
+    "resolve_paths",
+    "shared_path",
+]
 
 DATASETS = ("cifar10", "synthetic")
 OPTIMIZERS = ("sgd", "adamw")
@@ -28,7 +35,8 @@ LOADERS = ("fast", "dataloader")
 BACKENDS = ("auto", "nccl", "gloo")
 LR_SCALINGS = ("linear", "none")
 PRECISIONS = ("bf16", "fp16", "fp32")
-DEFAULT_DATA_DIR = "/shared/data"
+# The one setting that names the cluster's shared filesystem; every default path derives from it.
+SHARED_ENV = "SLURMLAB_SHARED"
 DATA_DIR_ENV = "SLURMLAB_DATA_DIR"
 
 
@@ -45,7 +53,7 @@ class Config:
     # --- model / data ---
     model: str = "resnet50"
     dataset: str = "cifar10"  # cifar10 | synthetic
-    data_dir: str = ""  # "" -> $SLURMLAB_DATA_DIR, else /shared/data
+    data_dir: str = ""  # "" -> $SLURMLAB_DATA_DIR, else $SLURMLAB_SHARED/data
     download: bool = True  # cifar10 only: rank 0 downloads when missing
     synthetic_train: int = 10000  # sizes used when the synthetic set is generated
     synthetic_val: int = 2000
@@ -83,7 +91,7 @@ class Config:
     backend: str = "auto"  # auto | nccl | gloo
     dist_timeout_s: int = 600
     # --- outputs / checkpoints ---
-    output_dir: str = ""  # "" -> /shared/runs/$SLURM_JOB_ID under Slurm, else runs/local
+    output_dir: str = ""  # "" -> $SLURMLAB_SHARED/runs/$SLURM_JOB_ID in a job, else runs/local
     checkpoint_dir: str = ""  # "" -> <output_dir>/checkpoints
     keep_checkpoints: int = 3  # keep the newest K; 0 keeps all
     checkpoint_every_steps: int = 0  # 0 = only at the end of each epoch
@@ -403,18 +411,27 @@ def load_config(
     return _build(merged, source=path or "config", problems=problems, env=env)
 
 
+def shared_path(*parts: str, env: Mapping[str, str] | None = None) -> str:
+    """A default path on the shared filesystem: under $SLURMLAB_SHARED when it is set, else
+    relative to the working directory (a job's submit directory, shared by its nodes on any
+    cluster that runs jobs from a shared home or project directory)."""
+    env = os.environ if env is None else env
+    return os.path.join(env.get(SHARED_ENV, ""), *parts)
+
+
 def resolve_paths(cfg: Config, env: Mapping[str, str] | None = None) -> Config:
     """Fill the derived defaults of data_dir, output_dir and checkpoint_dir.
 
-    data_dir precedence: config/CLI value > $SLURMLAB_DATA_DIR > /shared/data.
-    output_dir: config/CLI value > /shared/runs/$SLURM_JOB_ID under Slurm > runs/local.
+    data_dir precedence: config/CLI value > $SLURMLAB_DATA_DIR > $SLURMLAB_SHARED/data.
+    output_dir: config/CLI value > $SLURMLAB_SHARED/runs/$SLURM_JOB_ID under Slurm > runs/local.
+    Without $SLURMLAB_SHARED both are relative to the working directory (see shared_path).
     """
     env = os.environ if env is None else env
-    data_dir = cfg.data_dir or env.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
+    data_dir = cfg.data_dir or env.get(DATA_DIR_ENV) or shared_path("data", env=env)
     output_dir = cfg.output_dir
     if not output_dir:
         job = env.get("SLURM_JOB_ID")
-        output_dir = f"/shared/runs/{job}" if job else "runs/local"
+        output_dir = shared_path("runs", job, env=env) if job else "runs/local"
     checkpoint_dir = cfg.checkpoint_dir or os.path.join(output_dir, "checkpoints")
     return dataclasses.replace(
         cfg, data_dir=data_dir, output_dir=output_dir, checkpoint_dir=checkpoint_dir

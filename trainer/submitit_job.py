@@ -1,11 +1,13 @@
 """submitit entry point: a Checkpointable that runs the trainer with its own handler disabled.
 
+    import os
+
     import submitit
-    from trainer.config import load_config
+    from trainer.config import load_config, shared_path
     from trainer.submitit_job import TrainJob
 
     cfg = load_config("jobs/configs/simple_cnn_synthetic.yaml", ["checkpoint_every_steps=50"])
-    ex = submitit.AutoExecutor(folder="/shared/submitit/%j")
+    ex = submitit.AutoExecutor(folder=os.path.abspath(shared_path("submitit", "%j")))
     ex.update_parameters(nodes=2, tasks_per_node=1, gpus_per_node=1, timeout_min=30)
     job = ex.submit(TrainJob(cfg))
     print(job.result())  # the run() result dict of rank 0
@@ -14,7 +16,7 @@ submitit sends SIGUSR2 before the time limit and calls :meth:`TrainJob.checkpoin
 (no collectives may run there), then requeues the job under its own id; the requeued job
 resumes from the latest valid checkpoint in ``output_dir`` (epoch checkpoints plus
 ``checkpoint_every_steps``). Left empty, ``output_dir`` resolves on the nodes to
-``/shared/runs/$SLURM_JOB_ID``, which a requeue keeps; outside Slurm set it explicitly.
+``$SLURMLAB_SHARED/runs/$SLURM_JOB_ID``, which a requeue keeps; outside Slurm set it explicitly.
 """
 
 from __future__ import annotations

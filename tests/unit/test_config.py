@@ -71,10 +71,15 @@ def test_yaml_scientific_notation_without_dot(tmp_path: Path) -> None:
 def test_path_defaults_and_precedence() -> None:
     cfg = Config()
     r = resolve_paths(cfg, env={})
-    assert (r.data_dir, r.output_dir) == ("/shared/data", "runs/local")
+    assert (r.data_dir, r.output_dir) == ("data", "runs/local")
     assert r.checkpoint_dir == "runs/local/checkpoints"
-    r = resolve_paths(cfg, env={"SLURMLAB_DATA_DIR": "/d", "SLURM_JOB_ID": "55"})
-    assert (r.data_dir, r.output_dir) == ("/d", "/shared/runs/55")
+    r = resolve_paths(cfg, env={"SLURMLAB_SHARED": "/fs", "SLURM_JOB_ID": "55"})
+    assert (r.data_dir, r.output_dir) == ("/fs/data", "/fs/runs/55")
+    assert r.checkpoint_dir == "/fs/runs/55/checkpoints"
+    r = resolve_paths(cfg, env={"SLURM_JOB_ID": "55"})  # no shared root: the submit directory
+    assert (r.data_dir, r.output_dir) == ("data", "runs/55")
+    r = resolve_paths(cfg, env={"SLURMLAB_DATA_DIR": "/d", "SLURMLAB_SHARED": "/fs"})
+    assert r.data_dir == "/d"
     r = resolve_paths(Config(data_dir="/explicit"), env={"SLURMLAB_DATA_DIR": "/d"})
     assert r.data_dir == "/explicit"  # config/CLI beats the environment variable
 
