@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import statistics
 import subprocess
@@ -24,11 +25,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PROJECT = "slurmlab-bench"
 CONFIG = "jobs/configs/simple_cnn_synthetic.yaml"
-TARGETS = {"up_ready_s": 20.0, "submit_to_training_s": 15.0}
+TARGETS = {"up_ready_s": 20.0, "submit_to_training_s": 15.0, "requeue_running_s": 15.0}
 
 
 def sh(cmd: list[str], timeout: float = 600, check: bool = True) -> str:
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    # Compose derives per-project paths (the shared directory) from the project name.
+    env = {**os.environ, "COMPOSE_PROJECT_NAME": PROJECT}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     return proc.stdout
@@ -56,7 +59,7 @@ def login(script: str, check: bool = True) -> str:
             "slurmlab",
             "slurmctld",
             "bash",
-            "-c",
+            "-lc",  # the login shell `make shell` gives
             f"cd /workspace && {script}",
         ],
         check=check,
@@ -101,6 +104,7 @@ ROWS = {  # key -> label, in print order; indented rows break down the row above
     "setup_s": "  data, model, optimizer, DDP",
     "first_step_s": "  first DDP step",
     "end_to_sacct_s": "job end -> COMPLETED in sacct",
+    "requeue_running_s": "scontrol requeue -> RUNNING again",
     "imports_wall_s": "import torch+_dynamo, all nodes",
     "import_torch_s": "  import torch (slowest rank)",
     "import_torch_dynamo_s": "  import torch._dynamo (slowest)",
@@ -124,12 +128,13 @@ def main() -> int:
 
     try:
         add({"up_ready_s": timed(lambda: make("up"))})
-        login("mkdir -p /shared/logs")
+        login('mkdir -p "$SLURMLAB_SHARED/logs"')
         submit_to_training()  # warm-up: generates the synthetic data set once
         for _ in range(args.repeats):
             add(probe("running"))
             add(submit_to_training())
             add(probe("imports"))
+            add(probe("requeue"))
         make("down")
         add({"restart_ready_s": timed(lambda: make("up"))})
     finally:

@@ -3,6 +3,7 @@
     python -m bench.job_probe running                 # sbatch -> RUNNING, every node
     python -m bench.job_probe training CONFIG [k=v]   # submit -> every rank training, by phase
     python -m bench.job_probe imports                 # python + torch imports on every node
+    python -m bench.job_probe requeue                 # scontrol requeue -> RUNNING again
 
 Each prints one JSON object. Timing here, not from the host, keeps ``docker compose exec``'s own
 start-up (~0.5-1 s per poll with Compose v1) out of the figures. The training phases are read off
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 POLL_S = 0.02
-LOG_DIR = Path("/shared/logs")
+LOG_DIR = Path(os.environ["SLURMLAB_SHARED"], "logs")
 PHASES = {  # phase -> the log text that ends it, in order
     "queue_s": "(restart ",
     "imports_rendezvous_s": "Backend: ",
@@ -129,6 +130,21 @@ def concurrent_imports() -> dict[str, float]:
     }
 
 
+def requeue_to_running() -> dict[str, float]:
+    """A requeued job (what preemption and node loss do too) until it runs again: Slurm holds it
+    for cred_expire + 1 s (AuthInfo in slurm.conf), then schedules it."""
+    wait_idle()
+    job = sh("sbatch", "--parsable", "-N1", "-o", "/dev/null", "--wrap", "sleep 600")
+    wait(lambda: queued(job) == "RUNNING")
+    start = time.monotonic()
+    sh("scontrol", "requeue", job)
+    wait(lambda: queued(job) != "RUNNING")
+    wait(lambda: queued(job) == "RUNNING")
+    elapsed = time.monotonic() - start
+    sh("scancel", job)
+    return {"requeue_running_s": elapsed}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -137,11 +153,14 @@ def main() -> int:
     training.add_argument("config")
     training.add_argument("overrides", nargs="*")
     sub.add_parser("imports")
+    sub.add_parser("requeue")
     args = parser.parse_args()
     if args.what == "running":
         result = sbatch_to_running()
     elif args.what == "training":
         result = submit_to_training(args.config, args.overrides)
+    elif args.what == "requeue":
+        result = requeue_to_running()
     else:
         result = concurrent_imports()
     print(json.dumps(result))

@@ -3,13 +3,18 @@
 The cluster runs under its own Compose project (``slurmlab-test``) so the tests never touch a
 user's cluster. It is created from nothing (``make clean up``) once per test session; the last test
 module (``test_zz_teardown.py``) removes it and asserts nothing is left running.
+
+Tests drive it the way a user does: ``make`` targets on the host, and commands typed in
+``make shell`` (a login shell as the job user, in the checkout) for everything inside.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,6 +26,54 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = os.environ.get("SLURMLAB_TEST_PROJECT", "slurmlab-test")
 JOB_USER = "slurmlab"
+# An ordinary user's uid that the image does not know: the checkout's owner in a user's clone.
+CHECKOUT_UID = 1234
+
+
+def env_file(repo: Path = REPO) -> dict[str, str]:
+    """The settings in .env (the one source of truth for build and run settings)."""
+    return dict(
+        line.split("=", 1)
+        for line in (repo / ".env").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+
+
+SHARED = env_file()["SLURMLAB_SHARED"]  # the cluster's shared filesystem, as jobs see it
+
+
+def copy_checkout(dest: Path, uid: int) -> Path:
+    """Copy the working tree (tracked and untracked, not ignored files) to dest, owned by uid."""
+    shutil.rmtree(dest, ignore_errors=True)
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    for name in filter(None, (f.decode() for f in files)):
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    for root, dirs, names in os.walk(dest):
+        for name in [*dirs, *names]:
+            os.chown(os.path.join(root, name), uid, uid)
+    os.chown(dest, uid, uid)
+    return dest
+
+
+def user_checkout() -> Path:
+    """The checkout the test cluster mounts, owned by an ordinary user as a user's clone is.
+
+    As root (CI runs in a root-owned clone) the tests copy the working tree into a directory
+    owned by CHECKOUT_UID; otherwise the repository itself already belongs to the user.
+    """
+    if os.geteuid() != 0:
+        return REPO
+    return copy_checkout(Path(tempfile.gettempdir()) / f"{PROJECT}-checkout", CHECKOUT_UID)
+
+
+CHECKOUT = user_checkout()
 
 
 def compose_command() -> list[str]:
@@ -28,11 +81,13 @@ def compose_command() -> list[str]:
     return ["docker", "compose"] if v2.returncode == 0 else ["docker-compose"]
 
 
-def make(*targets: str, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
+def make(
+    *targets: str, timeout: float = 3600, checkout: Path = CHECKOUT, project: str = PROJECT
+) -> subprocess.CompletedProcess[str]:
     """Run a Makefile target against the test project (what a user types, on another project)."""
     return subprocess.run(
-        ["make", *targets, f"COMPOSE_PROJECT_NAME={PROJECT}"],
-        cwd=REPO,
+        ["make", *targets, f"COMPOSE_PROJECT_NAME={project}"],
+        cwd=checkout,
         text=True,
         capture_output=True,
         timeout=timeout,
@@ -42,6 +97,7 @@ def make(*targets: str, timeout: float = 3600) -> subprocess.CompletedProcess[st
 @dataclass
 class Cluster:
     project: str
+    checkout: Path = CHECKOUT
     compose: list[str] = field(default_factory=compose_command)
     up_seconds: float = 0.0
 
@@ -49,8 +105,16 @@ class Cluster:
         self, *args: str, timeout: float = 300, check: bool = True, stdin: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         cmd = [*self.compose, "-p", self.project, *args]
+        # Compose reads the project name from the environment too, for the paths it derives.
+        env = {**os.environ, "COMPOSE_PROJECT_NAME": self.project}
         proc = subprocess.run(
-            cmd, cwd=REPO, text=True, capture_output=True, timeout=timeout, input=stdin
+            cmd,
+            cwd=self.checkout,
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+            input=stdin,
+            env=env,
         )
         if check and proc.returncode != 0:
             raise AssertionError(
@@ -67,11 +131,12 @@ class Cluster:
         timeout: float = 300,
         stdin: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run a bash script in a container; as the job user from /workspace by default."""
+        """Run a bash script in a container, by default as `make shell` does: a login shell as
+        the job user, in the checkout (/workspace)."""
         args = ["exec", "-T"]
         if user:
             args += ["-u", user]
-        args += [service, "bash", "-c", f"cd /workspace && {script}"]
+        args += [service, "bash", "-lc", f"cd /workspace && {script}"]
         return self.dc(*args, timeout=timeout, check=check, stdin=stdin)
 
     def login(self, script: str, **kwargs: object) -> str:
@@ -155,22 +220,22 @@ class Cluster:
         return self.sacct(job)
 
     def tmp_path(self, stem: str) -> str:
-        """A fresh path under /shared, visible at the same place on every node."""
-        return f"/shared/tests/{stem}-{uuid.uuid4().hex[:8]}"
+        """A fresh path on the shared filesystem, visible at the same place on every node."""
+        return f"{SHARED}/tests/{stem}-{uuid.uuid4().hex[:8]}"
+
+    @property
+    def shared_host_dir(self) -> Path:
+        """The host directory behind the cluster's shared filesystem (see .env)."""
+        return self.checkout / env_file()["SLURMLAB_HOST_DIR"] / self.project / "shared"
 
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
-    subprocess.run(
-        ["make", "clean", f"COMPOSE_PROJECT_NAME={PROJECT}"],
-        cwd=REPO,
-        capture_output=True,
-        timeout=300,
-    )
+    make("clean", timeout=300)
     started = time.monotonic()
     proc = make("up")
     if proc.returncode != 0:
         pytest.fail(f"make up failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     c = Cluster(PROJECT, up_seconds=time.monotonic() - started)
-    c.run("mkdir -p /shared/tests/logs")
+    c.run(f"mkdir -p {SHARED}/tests/logs")
     yield c

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import glob
 import importlib.util
+import os
 import time
 from pathlib import Path
 
@@ -28,12 +29,12 @@ def main() -> None:
     spec.loader.exec_module(submit)
 
     params = submit.slurm_parameters("preempt-test", 2, 1, 20, None)
-    executor = submit.make_executor("/shared/submitit/%j", params)
+    executor = submit.make_executor(os.path.abspath(submit.shared_path("submitit", "%j")), params)
     overrides = ["epochs=4", "checkpoint_every_steps=5"]
     job = executor.submit(submit.TrainJob(submit.load_config(args.config, overrides)))
     print(f"submitted job {job.job_id}", flush=True)
 
-    checkpoints = f"/shared/runs/{job.job_id}/checkpoints/*.pt"
+    checkpoints = submit.shared_path("runs", job.job_id, "checkpoints", "*.pt")
     deadline = time.monotonic() + args.wait_s
     while not glob.glob(checkpoints):
         if job.done() or time.monotonic() > deadline:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from conftest import PROJECT, REPO, Cluster
+from conftest import CHECKOUT, PROJECT, Cluster
 
 
 def job_count(cluster: Cluster) -> int:
@@ -20,7 +20,7 @@ def test_make_up_without_docker_says_how_to_fix_it() -> None:
             "DOCKER_HOST=unix:///nonexistent/docker.sock",
             f"COMPOSE_PROJECT_NAME={PROJECT}",
         ],
-        cwd=REPO,
+        cwd=CHECKOUT,
         capture_output=True,
         text=True,
         timeout=120,
@@ -53,7 +53,7 @@ def test_make_submit_rejects_bad_overrides_before_submitting(
             "JOB=jobs/train_ddp.sbatch",
             f"ARGS={args}",
         ],
-        cwd=REPO,
+        cwd=CHECKOUT,
         capture_output=True,
         text=True,
         timeout=300,
@@ -79,7 +79,7 @@ def test_unknown_job_file_and_config_name_the_fix(cluster: Cluster) -> None:
     ]:
         proc = subprocess.run(
             ["make", "submit", f"COMPOSE_PROJECT_NAME={PROJECT}", extra],
-            cwd=REPO,
+            cwd=CHECKOUT,
             capture_output=True,
             text=True,
             timeout=300,

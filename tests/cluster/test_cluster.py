@@ -8,7 +8,7 @@ import subprocess
 import tarfile
 
 import pytest
-from conftest import REPO, Cluster
+from conftest import Cluster, env_file
 
 
 def compose_nodes(cluster: Cluster) -> list[str]:
@@ -122,12 +122,7 @@ def test_secrets_never_reach_the_logs(cluster: Cluster) -> None:
 
 
 def image_name() -> str:
-    env = dict(
-        line.split("=", 1)
-        for line in (REPO / ".env").read_text().splitlines()
-        if "=" in line and not line.startswith("#")
-    )
-    return env["SLURMLAB_IMAGE"]
+    return env_file()["SLURMLAB_IMAGE"]
 
 
 def test_no_secret_in_any_image_layer() -> None:

@@ -24,3 +24,4 @@ def test_teardown_leaves_no_container_running(cluster: Cluster) -> None:
         check=True,
     ).stdout.split()
     assert volumes == [], "make clean must reset state and secrets together"
+    assert not cluster.shared_host_dir.exists(), "make clean removes the shared files on the host"

@@ -1,0 +1,186 @@
+"""The README's `make shell` commands, read from README.md and run as written.
+
+Each fenced block that README.md marks with ``<!-- make-shell -->`` runs in one login shell as
+the job user in the checkout (what `make shell` gives), so variables set by one line reach the
+next, as they do for a user. Every command must match exactly one expectation below, which
+asserts its outcome: a README command without one fails the test, so README and tests cannot
+drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+from conftest import CHECKOUT, REPO, SHARED, Cluster
+
+MARKER = re.compile(r"^<!-- make-shell(?::\s*(\w+))? -->\n```[^\n]*\n(.*?)^```", re.M | re.S)
+
+
+@dataclass
+class Session:
+    """What the commands of one block did: each command's output and exit status, in order."""
+
+    cluster: Cluster
+    jobs: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Ran:
+    command: str
+    output: str
+    status: int
+    job_var: str  # the shell variable $job after the command (README blocks keep ids there)
+
+
+def readme_blocks() -> list[tuple[str, list[str]]]:
+    """(tag, commands) of every make-shell block; tag is "" or what follows the colon."""
+    text = (REPO / "README.md").read_text()
+    return [
+        (m.group(1) or "", [line for line in m.group(2).splitlines() if line.strip()])
+        for m in MARKER.finditer(text)
+    ]
+
+
+def run_block(cluster: Cluster, commands: list[str]) -> list[Ran]:
+    """Run the commands as one script in one login shell, framing each one's output."""
+    script = "\n".join(
+        f"printf '\\n@@begin {i}\\n'\n{command}\nprintf '\\n@@end {i} %d %s\\n' $? \"${{job:-}}\""
+        for i, command in enumerate(commands)
+    )
+    proc = cluster.run(script, check=False, timeout=1500)
+    ran = []
+    for i, command in enumerate(commands):
+        match = re.search(rf"\n@@begin {i}\n(.*?)\n@@end {i} (\d+) (\S*)\n", proc.stdout, re.S)
+        assert match, f"{command!r} did not finish:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        ran.append(Ran(command, match.group(1), int(match.group(2)), match.group(3)))
+    return ran
+
+
+def job_completed(session: Session, job: int) -> None:
+    session.jobs.append(job)
+    assert session.cluster.wait_done(job, timeout=900)[0] == "COMPLETED"
+
+
+def expect_submitted(session: Session, ran: Ran) -> None:
+    match = re.search(r"Submitted batch job (\d+)", ran.output)
+    assert ran.status == 0 and match, ran.output
+    session.jobs.append(int(match.group(1)))
+
+
+def expect_waited(session: Session, ran: Ran) -> None:
+    """sbatch --wait: the job has ended by the time sbatch returns, and it COMPLETED."""
+    match = re.search(r"(?:Submitted batch job )?(\d+)", ran.output + " " + ran.job_var)
+    assert ran.status == 0 and match, ran.output
+    job_completed(session, int(match.group(1)))
+
+
+def expect_in_queue_listing(session: Session, ran: Ran) -> None:
+    assert ran.status == 0 and "JOBID" in ran.output and "PARTITION" in ran.output, ran.output
+    assert str(session.jobs[-1]) in ran.output, "the job just submitted is listed"
+
+
+def expect_accounting(session: Session, ran: Ran) -> None:
+    assert ran.status == 0 and "JobID" in ran.output, ran.output
+    assert re.search(rf"^{session.jobs[-1]}\s", ran.output, re.M), ran.output
+
+
+def expect_step_usage(session: Session, ran: Ran) -> None:
+    """sacct with MaxRSS/AveCPU: the job COMPLETED and its steps report real memory use."""
+    assert ran.status == 0 and "COMPLETED" in ran.output, ran.output
+    steps = [line for line in ran.output.splitlines() if re.match(rf"{session.jobs[-1]}\.", line)]
+    assert steps, ran.output
+    assert any(re.search(r"\b\d+(\.\d+)?[KMG]\b", line) for line in steps), (
+        f"no step reports its MaxRSS:\n{ran.output}"
+    )
+
+
+def expect_efficiency(session: Session, ran: Ran) -> None:
+    assert ran.status == 0 and "State: COMPLETED" in ran.output, ran.output
+    used = re.search(r"Memory Utilized: ([0-9.]+) (MB|GB)", ran.output)
+    assert used and float(used.group(1)) > 0, ran.output
+    assert re.search(r"CPU Efficiency: [0-9.]+%", ran.output), ran.output
+
+
+def expect_final_log_line(session: Session, ran: Ran) -> None:
+    assert ran.status == 0 and re.search(r"^Final: epoch=1 ", ran.output, re.M), ran.output
+
+
+def expect_run_files(session: Session, ran: Ran) -> None:
+    assert ran.status == 0, ran.output
+    assert {"checkpoints", "curves.png", "metrics.jsonl"} <= set(ran.output.split())
+
+
+def expect_submitit_ranks(session: Session, ran: Ran) -> None:
+    match = re.search(r"job (\d+): 2 ranks returned, COMPLETED", ran.output)
+    assert ran.status == 0 and match, ran.output
+    session.jobs.append(int(match.group(1)))
+
+
+def expect_sweep_table(session: Session, ran: Ran) -> None:
+    assert ran.status == 0, ran.output
+    array = re.search(r"submitted job array (\d+) \(2 tasks\)", ran.output)
+    assert array, ran.output
+    rows = re.findall(rf"^{array.group(1)}_\d+\s+lr=(\S+) .*COMPLETED\s", ran.output, re.M)
+    assert sorted(rows) == ["0.05", "0.2"], ran.output
+
+
+Expectation = Callable[[Session, Ran], None]
+EXPECTATIONS: list[tuple[str, Expectation]] = [
+    (r"^sbatch (?!.*--wait)\S*.*jobs/train_ddp\.sbatch", expect_submitted),
+    (r"^(\w+=\S+ )?sbatch .*--wait", expect_waited),
+    (r"^job=\$\(sbatch --parsable --wait ", expect_waited),
+    (r"^squeue$", expect_in_queue_listing),
+    (r"^sacct$", expect_accounting),
+    (r"^sacct -j \"\$job\" .*MaxRSS", expect_step_usage),
+    (r"^seff \"\$job\"$", expect_efficiency),
+    (r"^tail .*slurm-\$job\.out", expect_final_log_line),
+    (r"^ls \"\$SLURMLAB_SHARED/runs/\$job\"$", expect_run_files),
+    (r"^python jobs/submit\.py --nodes 2 ", expect_submitit_ranks),
+    (r"^python jobs/submit\.py .*--sweep ", expect_sweep_table),
+]
+
+
+def expectation_for(command: str) -> Expectation:
+    found = [check for pattern, check in EXPECTATIONS if re.search(pattern, command)]
+    assert len(found) == 1, (
+        f"README command {command!r} matches {len(found)} expectations in {__file__}: "
+        "give it exactly one"
+    )
+    return found[0]
+
+
+def test_readme_has_make_shell_blocks() -> None:
+    tags = [tag for tag, _ in readme_blocks()]
+    assert tags.count("") >= 3 and set(tags) <= {"", "gpu"}, tags
+
+
+@pytest.mark.parametrize(
+    "index", range(len(readme_blocks())), ids=lambda i: f"block{i + 1}-{readme_blocks()[i][0]}"
+)
+def test_readme_make_shell_block_works_as_written(cluster: Cluster, index: int) -> None:
+    tag, commands = readme_blocks()[index]
+    if tag == "gpu" and "emulated" in cluster.login("echo $SLURMLAB_GPU_MODE"):
+        pytest.skip("ResNet50 on CIFAR-10 needs real GPUs and the dataset; emulated GPUs here")
+    checks = [expectation_for(command) for command in commands]
+    session = Session(cluster)
+    for ran, check in zip(run_block(cluster, commands), checks, strict=True):
+        check(session, ran)
+    for job in session.jobs:  # submitted without --wait: they must complete too
+        assert cluster.wait_done(job, timeout=900)[0] == "COMPLETED", job
+
+
+def test_quick_start_log_lands_in_the_checkout_owned_by_its_owner(cluster: Cluster) -> None:
+    """The quick start's sbatch writes slurm-<id>.out in the submit directory (the checkout);
+    on the host it belongs to the checkout's owner, like everything the job user writes there."""
+    logs = sorted(CHECKOUT.glob("slurm-*.out"), key=lambda p: p.stat().st_mtime)
+    assert logs, "the README blocks ran before this test and left their logs in the checkout"
+    owner = CHECKOUT.stat().st_uid
+    for log in logs:
+        assert log.stat().st_uid == owner, f"{log} belongs to uid {log.stat().st_uid}"
+    assert "Final: epoch=1 " in logs[-1].read_text()
+    assert os.access(logs[-1], os.R_OK)
+    assert cluster.login("echo $SLURMLAB_SHARED").strip() == SHARED
