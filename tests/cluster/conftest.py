@@ -156,9 +156,7 @@ class Cluster:
     ) -> tuple[int, int]:
         """Submit with --wait (a script body, or a job file in args); return (job id, exit code).
 
-        env ("NAME=value ...") reaches the job through sbatch's default --export=ALL. Never
-        --export=ALL,NAME=value here: that makes slurmd load the user's login environment in a
-        new mount namespace, which an unprivileged container cannot create (slurmd dies).
+        env ("NAME=value ...") reaches the job through sbatch's default --export=ALL.
         """
         if script is not None:
             args += " " + self.write(self.tmp_path("job") + ".sh", "#!/bin/bash\n" + script)
