@@ -227,6 +227,58 @@ write_gres_conf() {
     } >"${SLURM_ETC}/gres.conf"
 }
 
+controller_answers() { scontrol ping 2>/dev/null | grep -q 'is UP'; }
+
+# Docker may give a restarted node container another address (the freed one goes to whichever
+# container starts first). slurmctld resolves a static node's NodeAddr once and caches the address
+# until the NodeAddr string changes (read_config.c slurm_conf_get_addr/slurm_reset_alias; 24.11
+# ignores the old NoAddrCache switch), so it would keep talking to whichever container took the
+# old address. Tell the controller this node's address once it answers. A controller restart
+# re-reads NodeAddr from slurm.conf and resolves the name afresh, so nothing stale survives it.
+announce_node_address() {
+    local node addr
+    node=$(hostname)
+    addr=$(hostname -i | cut -d' ' -f1)
+    (
+        for _ in $(seq 1 120); do
+            scontrol update NodeName="${node}" NodeAddr="${addr}" >/dev/null 2>&1 && exit 0
+            sleep 1
+        done
+        log "warning: could not tell the controller that ${node} is at ${addr}"
+    ) &
+}
+
+# A node that died while running a job may still be owed that job's TERMINATE_JOB: slurmctld
+# queued it while the node was unreachable and re-sends pending RPCs every 60 s (agent.c,
+# RPC_RETRY_INTERVAL). With the short requeue delay (cred_expire, slurm.conf) the requeued job can
+# already be running on the returned node when that stale message arrives, and slurmd then kills
+# the new run's tasks (same job id). So a node that restarts (its container ran before) rejoins
+# drained, and is resumed once any such message has been delivered. A fresh container (make up)
+# or a restarted controller has nothing pending and joins at once.
+readonly REJOIN_HOLD_S=70
+hold_rejoining_node() {
+    local node marker=/var/spool/slurmd/.slurmlab-started
+    node=$(hostname)
+    if [[ ! -e ${marker} ]]; then
+        touch "${marker}"
+        return
+    fi
+    local tries=0
+    until controller_answers; do
+        (( ++tries < 30 )) || { log "controller not answering: ${node} rejoins without a hold"; return; }
+        sleep 1
+    done
+    scontrol update NodeName="${node}" State=DRAIN \
+        Reason="rejoining after a restart: held ${REJOIN_HOLD_S} s for stale messages" \
+        || { log "warning: could not hold ${node} drained; it rejoins at once"; return; }
+    log "${node} restarted: drained for ${REJOIN_HOLD_S} s before it takes jobs again"
+    (
+        sleep "${REJOIN_HOLD_S}"
+        scontrol update NodeName="${node}" State=RESUME >/dev/null 2>&1 \
+            || log "warning: could not resume ${node}: scontrol update NodeName=${node} State=RESUME"
+    ) &
+}
+
 run_slurmd() {
     start_munge
     link_slurm_config
@@ -235,6 +287,8 @@ run_slurmd() {
     write_user_env_cache
     write_gres_conf
     install -d -m 0755 /var/spool/slurmd
+    hold_rejoining_node
+    announce_node_address
     exec slurmd -D -N "$(hostname)"
 }
 

@@ -1,6 +1,6 @@
 """What a user meets in `make shell`: the same Python everywhere, output in their checkout, every
-sbatch --export form, job accounting, fast requeues, one shared-root setting, and results readable
-on the host."""
+sbatch --export form, job accounting, fast requeues, nodes that come back on new addresses, one
+shared-root setting, and results readable on the host."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import CHECKOUT, SHARED, Cluster, copy_checkout, make
+from conftest import CHECKOUT, SHARED, Cluster, copy_checkout, env_file, make
 
 NODES = ["node1", "node2", "node3", "node4"]
 PYTHON_PROBE = (
@@ -177,6 +177,57 @@ def test_requeued_job_runs_again_within_seconds(cluster: Cluster) -> None:
         60,
     )
     cluster.login(f"scancel {job}")
+
+
+def node_address(cluster: Cluster, node: str) -> str:
+    cid = cluster.dc("ps", "-q", node).stdout.strip()
+    return subprocess.run(
+        [
+            "docker",
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            cid,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+def test_nodes_restarted_on_new_addresses_run_their_own_tasks(cluster: Cluster) -> None:
+    """Docker hands a restarted container whatever address is free: stop two nodes, let another
+    container take one of their addresses, start them again; every task must still run on the
+    node Slurm says it runs on (a stale address sends it to a neighbour)."""
+    before = {n: node_address(cluster, n) for n in ["node1", "node2"]}
+    network = f"{cluster.project}_default"
+    cluster.dc("stop", "-t", "2", "node1", "node2")
+    thief = subprocess.run(
+        ["docker", "run", "-d", "--rm", "--network", network, "--entrypoint", "sleep",
+         env_file()["SLURMLAB_IMAGE"], "600"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    try:
+        cluster.dc("start", "node2")
+        cluster.dc("start", "node1")
+        after = {n: node_address(cluster, n) for n in ["node1", "node2"]}
+        assert after != before, f"the addresses did not move ({before}); the test proves nothing"
+        # Restarted nodes rejoin drained for a while (images/entrypoint.sh hold_rejoining_node).
+        cluster.wait_for(
+            "all four nodes idle again",
+            lambda: set(nodes_up(cluster).values()) == {"idle"} and len(nodes_up(cluster)) == 4,
+            240,
+        )
+        out = cluster.tmp_path("where") + ".out"
+        job, rc = cluster.sbatch(
+            f"-N4 -o {out}", "srun bash -c 'echo $(hostname) $SLURMD_NODENAME'"
+        )
+        assert rc == 0 and cluster.sacct(job)[0] == "COMPLETED"
+        pairs = [line.split() for line in cluster.login(f"cat {out}").splitlines()]
+        assert sorted(p[1] for p in pairs) == NODES
+        assert all(host == slurm_name for host, slurm_name in pairs), pairs
+    finally:
+        subprocess.run(["docker", "rm", "-f", thief], capture_output=True)
 
 
 def test_shared_root_setting_moves_every_default_path(cluster: Cluster) -> None:
