@@ -227,8 +227,6 @@ write_gres_conf() {
     } >"${SLURM_ETC}/gres.conf"
 }
 
-controller_answers() { scontrol ping 2>/dev/null | grep -q 'is UP'; }
-
 # Docker may give a restarted node container another address (the freed one goes to whichever
 # container starts first). slurmctld resolves a static node's NodeAddr once and caches the address
 # until the NodeAddr string changes (read_config.c slurm_conf_get_addr/slurm_reset_alias; 24.11
@@ -264,7 +262,7 @@ hold_rejoining_node() {
         return
     fi
     local tries=0
-    until controller_answers; do
+    until slurmlab-healthcheck slurmctld 2>/dev/null; do  # the controller answers
         (( ++tries < 30 )) || { log "controller not answering: ${node} rejoins without a hold"; return; }
         sleep 1
     done

@@ -35,7 +35,7 @@ from trainer.config import ConfigError, load_config, shared_path  # noqa: E402
 from trainer.submitit_job import TrainJob  # noqa: E402
 
 DEFAULT_CONFIG = "jobs/configs/resnet50_cifar10.yaml"
-# Slurm states after which a job never changes again (sacct(1), JOB STATE CODES).
+# Slurm states of a job that has not ended yet (sacct(1), JOB STATE CODES); any other is final.
 ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "COMPLETING", "SUSPENDED", "RESIZING"}
 
 

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import re
 
-from conftest import Cluster, make
+from conftest import SHARED, Cluster, make
 
 CONFIG = "jobs/configs/simple_cnn_synthetic.yaml"
 ENV = f"CONFIG={CONFIG}"
 
 
 def log_path(job: int) -> str:
-    return f"/shared/tests/logs/{job}.out"
+    return f"{SHARED}/tests/logs/{job}.out"
 
 
 def submit_training(cluster: Cluster, sbatch_args: str = "", trainer_args: str = "") -> int:
     return cluster.submit(
-        f"--output=/shared/tests/logs/%j.out {sbatch_args} jobs/train_ddp.sbatch {trainer_args}",
+        f"--output={SHARED}/tests/logs/%j.out {sbatch_args} jobs/train_ddp.sbatch {trainer_args}",
         env=ENV,
     )
 
@@ -181,12 +181,12 @@ def test_accounting_outage_loses_no_job_record(cluster: Cluster) -> None:
 
 def test_full_restart_keeps_history_data_and_job_ids(cluster: Cluster) -> None:
     before = cluster.sbatch("-N1 -o /dev/null", "echo before restart")[0]
-    cluster.run("echo kept > /shared/tests/restart-marker")
+    cluster.run(f"echo kept > {SHARED}/tests/restart-marker")
     assert make("down").returncode == 0
     proc = make("up")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
 
     assert cluster.sacct(before)[0] == "COMPLETED", "accounting history survives"
-    assert cluster.login("cat /shared/tests/restart-marker").strip() == "kept"
+    assert cluster.login(f"cat {SHARED}/tests/restart-marker").strip() == "kept"
     after = cluster.sbatch("-N1 -o /dev/null", "echo after restart")[0]
     assert after > before, "job ids continue after a restart"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import Cluster
+from conftest import SHARED, Cluster
 
 CONFIG = "jobs/configs/simple_cnn_synthetic.yaml"
 ENV = f"CONFIG={CONFIG}"
@@ -23,12 +23,12 @@ def final_val_acc(log: str) -> float:
 
 
 def job_log(cluster: Cluster, job: int) -> str:
-    return cluster.login(f"cat /shared/tests/logs/{job}.out")
+    return cluster.login(f"cat {SHARED}/tests/logs/{job}.out")
 
 
 @pytest.fixture(scope="module")
 def ddp_job(cluster: Cluster) -> tuple[int, int]:
-    return cluster.sbatch("--output=/shared/tests/logs/%j.out jobs/train_ddp.sbatch", env=ENV)
+    return cluster.sbatch(f"--output={SHARED}/tests/logs/%j.out jobs/train_ddp.sbatch", env=ENV)
 
 
 def test_ddp_sbatch_job_completes_on_four_nodes(cluster: Cluster, ddp_job: tuple[int, int]) -> None:
@@ -48,7 +48,7 @@ def test_ddp_sbatch_job_learns_and_leaves_checkpoint_and_curves(
     assert final_val_acc(log) > 2 * CHANCE
     assert re.search(r"Epoch: 0, Batch: \d+, Loss: [0-9.]+, Acc: [0-9.]+%", log)
     assert re.search(r"Epoch 0 - Train Acc: [0-9.]+%, Val Acc: [0-9.]+%", log)
-    run_dir = f"/shared/runs/{job}"
+    run_dir = f"{SHARED}/runs/{job}"
     files = cluster.login(f"ls {run_dir} {run_dir}/checkpoints").split()
     assert "curves.png" in files and "metrics.jsonl" in files
     assert any(f.endswith(".pt") for f in files), files
@@ -59,7 +59,7 @@ def test_ddp_sbatch_job_learns_and_leaves_checkpoint_and_curves(
 
 def test_torchrun_variant_trains_on_two_nodes(cluster: Cluster) -> None:
     job, rc = cluster.sbatch(
-        "--output=/shared/tests/logs/%j.out jobs/train_torchrun.sbatch", env=ENV
+        f"--output={SHARED}/tests/logs/%j.out jobs/train_torchrun.sbatch", env=ENV
     )
     log = job_log(cluster, job)
     assert rc == 0, log[-3000:]
@@ -70,7 +70,7 @@ def test_torchrun_variant_trains_on_two_nodes(cluster: Cluster) -> None:
 
 def test_bad_config_fails_fast_in_sacct_with_its_message(cluster: Cluster) -> None:
     job, rc = cluster.sbatch(
-        "--output=/shared/tests/logs/%j.out jobs/train_ddp.sbatch batch_size=0", env=ENV
+        f"--output={SHARED}/tests/logs/%j.out jobs/train_ddp.sbatch batch_size=0", env=ENV
     )
     assert rc != 0
     state, _, exit_code = cluster.sacct(job)
