@@ -11,9 +11,11 @@
 4. profile: operator time by kind (convolution, batch norm, ...) for the fast and seed-style
    compute setups, and the speed-up bound it implies (bench/profile_ops.py).
 
-Everything is written under a temporary directory (the repo may be mounted read-only); speed
-targets are checked only here, never in the tests. Exit status: 0 when every benchmark ran
-(MISS lines included; ``--strict`` turns a MISS into exit 1), 1 when a benchmark failed.
+This module owns the command line, each benchmark's plan (batch, warm-up and timed steps per
+device, model and mode), the shared synthetic set, and the summary. Everything is written under
+a temporary directory (the repo may be mounted read-only); speed targets are checked only here,
+never in the tests. Exit status: 0 when every benchmark ran (MISS lines included; ``--strict``
+turns a MISS into exit 1), 1 when a benchmark failed.
 """
 
 from __future__ import annotations
@@ -26,14 +28,23 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from bench.accuracy import AccuracyPlan, run_accuracy
 from bench.common import cpu_count, cpu_name, device_peak, load_line, make_synthetic
+from bench.profile_ops import run_profile
+from bench.scaling import RankSpec, run_scaling_cpu, run_scaling_cuda
+from bench.throughput import ModelPlan, run_throughput
+from trainer.models import available_models
 
 BENCHMARKS = ("throughput", "profile", "scaling", "accuracy")
+# integer options that must be >= 1, and >= 0
+POSITIVE = ("steps", "batch", "scaling_batch", "threads", "rounds", "acc_epochs", "acc_train")
+NON_NEGATIVE = ("warmup", "workers")
 # (batch, warm-up steps, timed steps) per device, model and mode
 THROUGHPUT_PLANS: dict[tuple[str, str, bool], tuple[int, int, int]] = {
     ("cpu", "simple_cnn", False): (128, 3, 20),
@@ -91,24 +102,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = [b for b in args.only if b not in BENCHMARKS]
     if unknown:
         ap.error(f"--only: unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
-    from trainer.models import available_models
-
     bad = [m for m in args.models if m not in available_models()]
     if bad:
         ap.error(f"--models: unknown model(s) {bad}; available: {available_models()}")
-    for name in (
-        "steps",
-        "warmup",
-        "batch",
-        "scaling_batch",
-        "workers",
-        "threads",
-        "rounds",
-        "acc_epochs",
-        "acc_train",
-    ):
+    for name in (*POSITIVE, *NON_NEGATIVE):
         value = getattr(args, name)
-        if value is not None and value < (0 if name in ("warmup", "workers") else 1):
+        if value is not None and value < (0 if name in NON_NEGATIVE else 1):
             ap.error(f"--{name.replace('_', '-')}: out of range ({value})")
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -125,13 +124,95 @@ def banner(device: torch.device, threads: int) -> str:
     )
 
 
+@dataclass
+class Session:
+    """One ``python -m bench``: the parsed arguments, the device, and the benchmarks' inputs."""
+
+    args: argparse.Namespace
+    device: torch.device
+    tmp: Path
+    batch_dir: Path = Path("none")  # the synthetic set, when throughput or scaling runs
+
+    @property
+    def rounds(self) -> int:  # alternating rounds per path / point
+        return self.args.rounds or (1 if self.args.quick else 2)
+
+    def plans(self) -> list[ModelPlan]:
+        a = self.args
+        out = []
+        for model in a.models:
+            batch, warmup, steps = THROUGHPUT_PLANS[(self.device.type, model, a.quick)]
+            warmup = warmup if a.warmup is None else a.warmup
+            out.append(ModelPlan(model, a.batch or batch, warmup, a.steps or steps))
+        return out
+
+    def scaling_spec(self, kind: str) -> RankSpec:
+        a = self.args
+        model, batch, warmup, steps = SCALING_PLANS[(kind, a.quick)]
+        warmup = warmup if a.warmup is None else a.warmup
+        return RankSpec(
+            model, a.scaling_batch or batch, warmup, a.steps or steps, self.batch_dir, kind
+        )
+
+    def stage_data(self) -> None:
+        """One synthetic set, big enough that no timed throughput step crosses an epoch and that
+        every rank of the scaling runs gets a batch; the accuracy run stages its own."""
+        only = set(self.args.only)
+        if not {"throughput", "scaling"} & only:
+            return
+        need = [1_000]
+        if "throughput" in only:
+            need += [p.batch * (p.warmup + p.steps + 1) for p in self.plans()]
+        if "scaling" in only:
+            need += [self.scaling_spec(kind).batch * 4 * 2 for kind in {"cpu", self.device.type}]
+        n_train = min(50_000, max(need))
+        t = time.perf_counter()
+        self.batch_dir = make_synthetic(self.tmp / "data", n_train, 256)
+        print(
+            f"synthetic CIFAR-format set: {n_train} train images in {self.batch_dir} "
+            f"({time.perf_counter() - t:.1f} s)\n",
+            flush=True,
+        )
+
+    def throughput(self) -> dict[str, Any]:
+        a = self.args
+        peak = device_peak(self.device, quick=a.quick)
+        workers = min(4, cpu_count()) if a.workers is None else a.workers
+        return run_throughput(
+            self.plans(),
+            self.batch_dir,
+            self.device,
+            peak,
+            workers=workers,
+            compile_model=a.compile,
+            rounds=self.rounds,
+        )
+
+    def profile(self) -> dict[str, Any]:
+        return run_profile([(p.model, p.batch) for p in self.plans()], self.device, self.rounds)
+
+    def scaling(self) -> dict[str, Any]:
+        out = {"gloo": run_scaling_cpu(self.scaling_spec("cpu"), rounds=self.rounds)}
+        if self.device.type == "cuda":
+            print()
+            out["nccl"] = run_scaling_cuda(self.scaling_spec("cuda"), rounds=self.rounds)
+        return out
+
+    def accuracy(self) -> dict[str, Any]:
+        a = self.args
+        plan = AccuracyPlan(
+            n_train=a.acc_train or (2000 if a.quick else 5000),
+            n_val=500 if a.quick else 1000,
+            epochs=a.acc_epochs or (3 if a.quick else 4),
+            target=a.acc_target,
+        )
+        work = self.tmp / "accuracy"
+        work.mkdir()
+        return run_accuracy(plan, work, self.device.type)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from bench.accuracy import AccuracyPlan, run_accuracy
-    from bench.profile_ops import run_profile
-    from bench.scaling import run_scaling_cpu, run_scaling_cuda
-    from bench.throughput import ModelPlan, run_throughput
-
     device = (
         torch.device("cuda", torch.cuda.current_device())
         if args.device == "cuda"
@@ -141,96 +222,40 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(threads)
     print(banner(device, threads), flush=True)
     t_start = time.perf_counter()
-
-    plans = []
-    for model in args.models:
-        batch, warmup, steps = THROUGHPUT_PLANS[(device.type, model, args.quick)]
-        plans.append(
-            ModelPlan(
-                model,
-                args.batch or batch,
-                warmup if args.warmup is None else args.warmup,
-                args.steps or steps,
-            )
-        )
-
-    def scaling_plan(kind: str) -> tuple[str, int, int, int]:
-        model, batch, warmup, steps = SCALING_PLANS[(kind, args.quick)]
-        return (
-            model,
-            args.scaling_batch or batch,
-            warmup if args.warmup is None else args.warmup,
-            args.steps or steps,
-        )
-
-    cpu_scaling = scaling_plan("cpu")
-    workers = min(4, cpu_count()) if args.workers is None else args.workers
-
     report: dict[str, Any] = {"argv": sys.argv[1:], "banner": banner(device, threads)}
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="slurmlab-bench-") as tmp:
-        # one synthetic set, big enough that no timed throughput step crosses an epoch
-        need = (
-            [p.batch * (p.warmup + p.steps + 1) for p in plans] if "throughput" in args.only else []
-        )
-        if "scaling" in args.only:  # every rank needs a batch
-            need += [scaling_plan(kind)[1] * 4 * 2 for kind in {"cpu", device.type}]
-        n_train = min(50_000, max([1_000, *need]))
-        batch_dir = Path(tmp) / "none"  # the accuracy run stages its own set via the trainer
-        if {"throughput", "scaling"} & set(args.only):
-            t = time.perf_counter()
-            batch_dir = make_synthetic(Path(tmp) / "data", n_train, 256)
-            print(
-                f"synthetic CIFAR-format set: {n_train} train images in {batch_dir} "
-                f"({time.perf_counter() - t:.1f} s)\n",
-                flush=True,
-            )
+        session = Session(args, device, Path(tmp))
+        session.stage_data()
+        for name in BENCHMARKS:
+            if name in args.only:
+                _section(name, getattr(session, name), report, failures)
+    counts = _summary(report, failures, t_start)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
+        print(f"JSON: {args.json}")
+    if failures:
+        return 1
+    return 1 if args.strict and counts["MISS"] else 0
 
-        def section(name: str, fn: Callable[[], dict[str, Any]]) -> None:
-            if name not in args.only:
-                return
-            print(f"=== {name} " + "=" * (90 - len(name)), flush=True)
-            t0 = time.perf_counter()
-            try:
-                report[name] = fn()
-            except Exception as exc:
-                traceback.print_exc()
-                failures.append(f"{name}: {exc.__class__.__name__}: {exc}".splitlines()[0])
-                report[name] = {"error": str(exc)}
-            print(f"({name}: {time.perf_counter() - t0:.1f} s)\n", flush=True)
 
-        rounds = args.rounds or (1 if args.quick else 2)  # alternating rounds per path
+def _section(
+    name: str, fn: Callable[[], dict[str, Any]], report: dict[str, Any], failures: list[str]
+) -> None:
+    """Run one benchmark under its heading; its result (or error) goes into ``report``."""
+    print(f"=== {name} " + "=" * (90 - len(name)), flush=True)
+    t0 = time.perf_counter()
+    try:
+        report[name] = fn()
+    except Exception as exc:
+        traceback.print_exc()
+        failures.append(f"{name}: {exc.__class__.__name__}: {exc}".splitlines()[0])
+        report[name] = {"error": str(exc)}
+    print(f"({name}: {time.perf_counter() - t0:.1f} s)\n", flush=True)
 
-        def throughput() -> dict[str, Any]:
-            peak = device_peak(device, quick=args.quick)
-            return run_throughput(plans, batch_dir, device, peak, workers, args.compile, rounds)
 
-        def scaling() -> dict[str, Any]:
-            out = {"gloo": run_scaling_cpu(*cpu_scaling, batch_dir, rounds=rounds)}
-            if device.type == "cuda":
-                print()
-                out["nccl"] = run_scaling_cuda(*scaling_plan("cuda"), batch_dir, rounds=rounds)
-            return out
-
-        def accuracy() -> dict[str, Any]:
-            plan = AccuracyPlan(
-                n_train=args.acc_train or (2000 if args.quick else 5000),
-                n_val=500 if args.quick else 1000,
-                epochs=args.acc_epochs or (3 if args.quick else 4),
-                target=args.acc_target,
-            )
-            work = Path(tmp) / "accuracy"
-            work.mkdir()
-            return run_accuracy(plan, work, device.type)
-
-        def profile() -> dict[str, Any]:
-            return run_profile([(p.model, p.batch) for p in plans], device, rounds)
-
-        section("throughput", throughput)
-        section("profile", profile)
-        section("scaling", scaling)
-        section("accuracy", accuracy)
-
+def _summary(report: dict[str, Any], failures: list[str], t_start: float) -> dict[str, int]:
+    """Print every check and error; adds the counts to ``report`` and returns them."""
     checks = [
         c for part in report.values() if isinstance(part, dict) for c in _collect_checks(part)
     ]
@@ -245,12 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(failures)} failed; {time.perf_counter() - t_start:.0f} s in all"
     )
     report["summary"] = {**counts, "errors": failures}
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
-        print(f"JSON: {args.json}")
-    if failures:
-        return 1
-    return 1 if args.strict and counts["MISS"] else 0
+    return counts
 
 
 def _collect_checks(part: dict[str, Any]) -> list[dict[str, Any]]:

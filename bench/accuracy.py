@@ -1,4 +1,5 @@
 """Benchmark 3: time to accuracy - SimpleCNN on the synthetic set with the trainer's ``run()``.
+This module owns that run's config, reading its metrics and the table and check.
 
 The run happens in a child process (``python -m bench.accuracy --worker``) with the launcher
 variables scrubbed, so it is a plain single-process run whatever shell started the benchmark,
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import REPO, Check, child_env, format_checks, format_table
+from trainer.metrics import read_metrics
 
 
 @dataclass
@@ -92,45 +94,23 @@ def time_to_accuracy(records: list[dict[str, Any]], target: float) -> dict[str, 
 
 
 def run_accuracy(plan: AccuracyPlan, work_dir: Path, device_type: str) -> dict[str, Any]:
-    from trainer.metrics import read_metrics
-
+    """Train in a child process, then print the table and the check from its metrics.jsonl."""
     out_dir = work_dir / "run"
+    log_path, result_path = work_dir / "train.log", work_dir / "result.json"
     items = overrides(plan, work_dir / "data", out_dir)
-    env = child_env(device_type)
-    log_path = work_dir / "train.log"
-    result_path = work_dir / "result.json"
     cmd = [sys.executable, "-m", "bench.accuracy", "--worker", str(result_path), *items]
     t0 = time.perf_counter()
     with open(log_path, "wb") as log:
-        code = subprocess.call(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        code = subprocess.call(
+            cmd, cwd=REPO, env=child_env(device_type), stdout=log, stderr=subprocess.STDOUT
+        )
     wall = time.perf_counter() - t0
     if code != 0:
         tail = log_path.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"trainer run failed (exit {code}):\n{tail}")
     result = json.loads(result_path.read_text())
     tta = time_to_accuracy(read_metrics(out_dir / "metrics.jsonl"), plan.target)
-    rows = [
-        [
-            h["epoch"],
-            f"{h['train_acc']:.1f}%",
-            f"{h['val_acc']:.1f}%",
-            f"{h['epoch_time_s']:.1f}",
-            f"{h['img_per_s']:,.0f}",
-            f"{h['since_start_s']:.1f}",
-        ]
-        for h in tta["history"]
-    ]
-    print(
-        format_table(
-            ["epoch", "train acc", "val acc", "epoch s", "img/s", "s since start"],
-            rows,
-            title=(
-                f"Time to {plan.target:g}% validation accuracy: simple_cnn, synthetic "
-                f"{plan.n_train} train / {plan.n_val} val, batch {plan.batch}, {plan.epochs} "
-                f"epochs, trainer run() on {device_type} (fast loader, one-cycle lr)"
-            ),
-        )
-    )
+    _print_history(plan, tta, device_type)
     if tta["reached"]:
         print(
             f"reached {plan.target:g}% after {tta['epochs']} epoch(s), {tta['seconds']:.1f} s "
@@ -158,6 +138,31 @@ def run_accuracy(plan: AccuracyPlan, work_dir: Path, device_type: str) -> dict[s
         "final_val_acc": result["val_acc"],
         "checks": [check.to_dict()],
     }
+
+
+def _print_history(plan: AccuracyPlan, tta: dict[str, Any], device_type: str) -> None:
+    rows = [
+        [
+            h["epoch"],
+            f"{h['train_acc']:.1f}%",
+            f"{h['val_acc']:.1f}%",
+            f"{h['epoch_time_s']:.1f}",
+            f"{h['img_per_s']:,.0f}",
+            f"{h['since_start_s']:.1f}",
+        ]
+        for h in tta["history"]
+    ]
+    print(
+        format_table(
+            ["epoch", "train acc", "val acc", "epoch s", "img/s", "s since start"],
+            rows,
+            title=(
+                f"Time to {plan.target:g}% validation accuracy: simple_cnn, synthetic "
+                f"{plan.n_train} train / {plan.n_val} val, batch {plan.batch}, {plan.epochs} "
+                f"epochs, trainer run() on {device_type} (fast loader, one-cycle lr)"
+            ),
+        )
+    )
 
 
 if __name__ == "__main__":

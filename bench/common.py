@@ -1,5 +1,7 @@
-"""Shared pieces of the benchmarks: device sync and timing, FLOP counting, device peak FLOP/s,
-peak-memory sampling, the synthetic dataset, and the table / PASS-MISS formatting.
+"""What every benchmark shares: device sync and host facts, the one best-of-alternating-rounds
+helper (``best_of_rounds``), batches across epochs (``forever``), child-process environments,
+FLOP counting, device peak FLOP/s, peak-memory sampling, the synthetic dataset, and the table /
+PASS-MISS formatting.
 
 FLOP convention (torch.utils.flop_counter.FlopCounterMode): only convolutions and matrix
 multiplications are counted, each multiply-add as 2 FLOPs (2 x MACs); BatchNorm, ReLU, pooling,
@@ -12,19 +14,19 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import socket
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 import torch
 from torch import nn
 
 from trainer.distributed import without_launcher_env
+from trainer.synthetic import generate_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,12 +65,6 @@ def cpu_name() -> str:
     return platform.machine() or "cpu"
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def child_env(device_type: str, **extra: str) -> dict[str, str]:
     """Environment for a child Python process: launcher / Slurm variables removed (so the child
     is exactly what we start, whatever shell ran the benchmark), the repo importable, and no
@@ -94,6 +90,41 @@ def load_line() -> str:
             "depressed and noisy (multi-threaded OpenMP steps suffer most)"
         )
     return line
+
+
+# ---------------------------------------------------------------- rounds and batches
+K = TypeVar("K", bound=Hashable)
+R = TypeVar("R")
+
+
+def best_of_rounds(
+    keys: Iterable[K], rounds: int, run: Callable[[K], R], *, score: Callable[[R], float]
+) -> dict[K, R]:
+    """Run every key ``rounds`` times and keep each key's best run (highest ``score``).
+
+    The order reverses round by round (a, b, c, then c, b, a, ...), so every key sees the same
+    drift in the host's load; on a shared host the best round is the one least disturbed by other
+    processes. A key listed twice runs once per round.
+    """
+    order = list(dict.fromkeys(keys))
+    best: dict[K, R] = {}
+    for r in range(max(1, rounds)):
+        for key in order if r % 2 == 0 else reversed(order):
+            result = run(key)
+            if key not in best or score(result) > score(best[key]):
+                best[key] = result
+    return best
+
+
+def forever(loader: Iterable[R]) -> Iterator[R]:
+    """A loader's batches across epochs, calling its ``set_epoch`` (the trainer's loaders) before
+    each pass; epoch restarts are part of the measured time."""
+    epoch = 0
+    while True:
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
 
 
 # ---------------------------------------------------------------- FLOPs
@@ -222,8 +253,6 @@ class PeakRss:
 # ---------------------------------------------------------------- data
 def make_synthetic(root: str | os.PathLike[str], n_train: int, n_val: int, seed: int = 0) -> Path:
     """Write the trainer's synthetic CIFAR-format set under ``root``; returns the batch dir."""
-    from trainer.synthetic import generate_synthetic
-
     return generate_synthetic(root, n_train, n_val, seed)
 
 
@@ -296,15 +325,7 @@ class Check:
         return text + (f"  ({self.note})" if self.note else "")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "status": self.status,
-            "value": self.value,
-            "target": self.target,
-            "higher_is_better": self.higher_is_better,
-            "unit": self.unit,
-            "note": self.note,
-        }
+        return {"name": self.name, "status": self.status} | asdict(self)
 
 
 def format_checks(checks: Sequence[Check]) -> str:

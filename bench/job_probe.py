@@ -6,10 +6,14 @@
     python -m bench.job_probe requeue                 # scontrol requeue -> RUNNING again
 
 Each prints one JSON object. Timing here, not from the host, keeps ``docker compose exec``'s own
-start-up (~0.5-1 s per poll with Compose v1) out of the figures. The training phases are read off
-the job's log: the batch script's first line, the trainer's ``Backend:`` line (every rank has
-imported torch and joined the rendezvous), its header (data, model, optimizer and DDP built) and
-``Batch: 1,`` (rank 0 logs it after the first DDP step, a collective all ranks took part in).
+start-up (~0.5-1 s per poll with Compose v1) out of the figures. This module owns those probes.
+
+A training phase ends when the probe sees its mark. The trainer's ``metrics.jsonl`` marks the
+last two: its ``start`` record (data, model, optimizer and DDP built) and its first ``train``
+record (with ``log_every=1``, written after the first DDP step, whose loss all ranks reduced).
+The first two happen before the trainer opens metrics.jsonl, so they are read off the job's
+log: the batch script's first line and the trainer's ``Backend:`` line (every rank has imported
+torch and joined the rendezvous).
 """
 
 from __future__ import annotations
@@ -21,15 +25,32 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from trainer.config import load_config, resolve_paths
+from trainer.metrics import read_metrics
 
 POLL_S = 0.02
-LOG_DIR = Path(os.environ["SLURMLAB_SHARED"], "logs")
-PHASES = {  # phase -> the log text that ends it, in order
-    "queue_s": "(restart ",
-    "imports_rendezvous_s": "Backend: ",
-    "setup_s": "slurmlab trainer |",
-    "first_step_s": "Batch: 1,",
-}
+# phase -> the job log's text that ends it (these come before the trainer opens metrics.jsonl)
+LOG_PHASES = {"queue_s": "(restart ", "imports_rendezvous_s": "Backend: "}
+# phase -> the kind of the first metrics.jsonl record that ends it
+METRICS_PHASES = {"setup_s": "start", "first_step_s": "train"}
+PHASES = [*LOG_PHASES, *METRICS_PHASES]  # in order
+
+
+def phases_seen(log_text: str, records: list[dict[str, Any]]) -> set[str]:
+    """The phases whose end shows in the job's log text or its metrics.jsonl records."""
+    kinds = {r.get("kind") for r in records}
+    return {p for p, text in LOG_PHASES.items() if text in log_text} | {
+        p for p, kind in METRICS_PHASES.items() if kind in kinds
+    }
+
+
+def metrics_path(config: str, overrides: list[str], job: str) -> Path:
+    """Where the job's trainer writes metrics.jsonl: its output_dir, resolved by the trainer's
+    own rule in the job's environment (sbatch passes ours on, plus SLURM_JOB_ID)."""
+    env = {**os.environ, "SLURM_JOB_ID": job}
+    return Path(resolve_paths(load_config(config, overrides, env), env).output_dir, "metrics.jsonl")
 
 
 def node_count() -> int:
@@ -75,25 +96,27 @@ def sbatch_to_running() -> dict[str, float]:
 
 
 def submit_to_training(config: str, overrides: list[str]) -> dict[str, float]:
+    overrides = [*overrides, "log_every=1"]  # the first train record follows the first step
     wait_idle()
     start = time.monotonic()
+    log_dir = Path(os.environ["SLURMLAB_SHARED"], "logs")
     job = sh(
         "sbatch",
         "--parsable",
         "-o",
-        str(LOG_DIR / "bench-%j.out"),
+        str(log_dir / "bench-%j.out"),
         "jobs/train_ddp.sbatch",
         *overrides,
         env={**os.environ, "CONFIG": config},
     ).split(";")[0]
-    log = LOG_DIR / f"bench-{job}.out"
+    log, metrics = log_dir / f"bench-{job}.out", metrics_path(config, overrides, job)
     ends: dict[str, float] = {}
     while len(ends) < len(PHASES):
         text = log.read_text(errors="replace") if log.exists() else ""
+        records = read_metrics(metrics) if metrics.exists() else []
         now = time.monotonic() - start
-        for phase, marker in PHASES.items():
-            if phase not in ends and marker in text:
-                ends[phase] = now
+        for phase in phases_seen(text, records):
+            ends.setdefault(phase, now)
         if now > 600:
             raise TimeoutError(f"job {job}: phases seen {sorted(ends)}; log:\n{text[-2000:]}")
         time.sleep(POLL_S)

@@ -1,9 +1,13 @@
 """Benchmark 1: trainer throughput, the slurmlab fast path vs a seed-style baseline, side by side.
 
-fast path  the trainer's own pieces: ``DeviceLoader`` (uint8 dataset on the device, batched
-           on-device crop + flip), ``build_model``, ``build_optimizer`` (fused SGD on CUDA),
-           ``build_scheduler``, ``train_step``; on CUDA channels_last + bf16 autocast, cuDNN
-           benchmark and TF32 matmuls, exactly as ``trainer.train._train`` sets them up.
+This module owns both paths (``fast_compute`` / ``seed_compute`` also serve bench/profile_ops.py),
+the timed step loop with its data-wait accounting, and the throughput table and checks.
+
+fast path  the trainer itself for one process: ``trainer.build.assemble`` builds the model, its
+           ``DeviceLoader`` (uint8 dataset on the device, batched on-device crop + flip), the
+           optimizer (fused SGD on CUDA), lr schedule and precision (on CUDA channels_last + bf16
+           autocast, cuDNN benchmark and TF32 matmuls), and every step is
+           ``trainer.loop.train_step``.
 baseline   what a naive project writes: a torchvision ``CIFAR10``-style Dataset over the same
            ``cifar-10-batches-py`` files (PIL image per sample), per-sample transforms
            RandomCrop(32, 4) + RandomHorizontalFlip + ToTensor + Normalize in a DataLoader with
@@ -19,6 +23,7 @@ from CUDA events, so asynchronous overlap is credited) / total time.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import os
 import pickle
@@ -37,13 +42,20 @@ from bench.common import (
     FlopCount,
     Peak,
     PeakRss,
+    best_of_rounds,
     count_flops,
     fmt_si,
+    forever,
     format_checks,
     format_table,
     sync,
 )
-from trainer.config import Config, load_config
+from trainer.build import Training, assemble
+from trainer.config import load_config
+from trainer.data import MEAN, STD, ArrayDataset, read_cifar_dir
+from trainer.distributed import topology_from_env
+from trainer.loop import train_step
+from trainer.models import build_model
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 TARGET_SPEEDUP = {"cpu": 1.5, "cuda": 5.0}
@@ -87,8 +99,6 @@ class SeedCIFAR10(torch.utils.data.Dataset):  # type: ignore[type-arg]
 def seed_transform() -> Any:
     from torchvision import transforms
 
-    from trainer.data import MEAN, STD
-
     return transforms.Compose(
         [
             transforms.RandomCrop(32, padding=4),
@@ -112,6 +122,14 @@ def seed_pipeline_cost(batch_dir: Path, n: int = 256) -> float:
 
 # ---------------------------------------------------------------- measurement
 @dataclass
+class ModelPlan:
+    model: str
+    batch: int
+    warmup: int
+    steps: int
+
+
+@dataclass
 class PathResult:
     model: str
     path: str  # "fast" | "baseline"
@@ -128,36 +146,28 @@ class PathResult:
     @classmethod
     def from_timing(
         cls,
-        model: str,
+        plan: ModelPlan,
         path: str,
-        batch: int,
-        steps: int,
+        *,
         total_s: float,
         data_s: float,
         mem: dict[str, Any],
         setup: str,
     ) -> PathResult:
-        """The rates of one timed loop: ``steps`` batches in ``total_s``, ``data_s`` waiting."""
+        """The rates of one timed loop: ``plan.steps`` batches in ``total_s``, ``data_s`` of it
+        waiting for data."""
         return cls(
-            model=model,
+            model=plan.model,
             path=path,
-            batch=batch,
-            steps=steps,
-            img_s=batch * steps / total_s,
-            step_ms=1000 * total_s / steps,
+            batch=plan.batch,
+            steps=plan.steps,
+            img_s=plan.batch * plan.steps / total_s,
+            step_ms=1000 * total_s / plan.steps,
             data_wait=data_s / total_s,
             peak_mem_bytes=mem["peak"],
             mem_kind=mem["kind"],
             setup=setup,
         )
-
-
-def _forever(make_iter: Callable[[int], Iterator[Batch]]) -> Iterator[Batch]:
-    """Batches across epochs (epoch restarts are part of the measured data time)."""
-    epoch = 0
-    while True:
-        yield from make_iter(epoch)
-        epoch += 1
 
 
 def timed_loop(
@@ -215,10 +225,13 @@ def _measure_memory(device: torch.device) -> Iterator[dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def _backend_flags(cudnn_benchmark: bool, matmul_precision: str) -> Iterator[None]:
+def backend_flags(fast: bool) -> Iterator[None]:
+    """torch's global cuDNN / matmul flags for one path, restored afterwards: the fast path gets
+    the trainer's (``assemble`` sets them), the seed-style one torch's defaults."""
     old = torch.backends.cudnn.benchmark, torch.get_float32_matmul_precision()
-    torch.backends.cudnn.benchmark = cudnn_benchmark
-    torch.set_float32_matmul_precision(matmul_precision)
+    if not fast:
+        torch.backends.cudnn.benchmark = False
+        torch.set_float32_matmul_precision("highest")
     try:
         yield
     finally:
@@ -234,52 +247,37 @@ def _cleanup(device: torch.device) -> None:
 
 @dataclass
 class Compute:
-    """One path's model and training step, apart from its input pipeline."""
+    """One path's training step, apart from its input pipeline."""
 
-    model: nn.Module
     step: Callable[[torch.Tensor, torch.Tensor], Any]  # (x, y) -> whatever the loop tallies
     memory_format: torch.memory_format
     setup: str  # precision and memory format, for the tables
 
 
-def fast_config(model_name: str, batch: int, compile_model: bool = False) -> Config:
-    return load_config(
-        None, [f"model={model_name}", f"batch_size={batch}", f"compile={compile_model}"]
-    )
+def fast_training(
+    model_name: str,
+    batch: int,
+    device: torch.device,
+    data: ArrayDataset,
+    *,
+    compile_model: bool = False,
+) -> Training:
+    """What the trainer trains with as a single process (default config), built by the trainer."""
+    items = [f"model={model_name}", f"batch_size={batch}", f"compile={compile_model}"]
+    return assemble(load_config(None, items), topology_from_env({}), device, "none", data)
 
 
-def fast_compute(cfg: Config, device: torch.device, steps_per_epoch: int) -> Compute:
-    """The trainer's model, optimizer, lr schedule and train_step, built as trainer.train._train
-    builds them for one process. The step returns (loss, n correct) on the device."""
-    from trainer.models import build_model
-    from trainer.train import build_optimizer, build_scheduler, train_step
-
-    cuda = device.type == "cuda"
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision) if cuda else None
+def fast_compute(t: Training) -> Compute:
+    """The trainer's step on ``t``; it returns (loss, n correct) on the device."""
+    cfg, dtype = t.cfg, str(t.amp_dtype).replace("torch.", "") if t.amp_dtype else "fp32"
+    setup = f"{dtype}, {'NHWC' if cfg.channels_last else 'NCHW'}"
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, num_classes=10).to(device, memory_format=fmt)
-    lr = cfg.lr * cfg.batch_size / cfg.lr_reference_batch
-    optimizer = build_optimizer(model, cfg, lr, device)
-    scheduler, _, _ = build_scheduler(optimizer, cfg, steps_per_epoch)
-    scaler = torch.amp.GradScaler("cuda") if cuda and cfg.precision == "fp16" else None
-    train_model: Any = torch.compile(model) if cfg.compile else model
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return train_step(train_model, x, y, criterion, optimizer, scheduler, scaler, amp_dtype)
-
-    setup = (
-        f"{str(amp_dtype).replace('torch.', '') if amp_dtype else 'fp32'}, "
-        f"{'NHWC' if cfg.channels_last else 'NCHW'}" + (", compiled" if cfg.compile else "")
-    )
-    return Compute(model, step, fmt, setup)
+    setup += ", compiled" if cfg.compile else ""
+    return Compute(functools.partial(train_step, t), fmt, setup)
 
 
 def seed_compute(model_name: str, device: torch.device) -> Compute:
     """The seed project's model and step: fp32, NCHW, plain SGD, loss.item() every step."""
-    from trainer.models import build_model
-
     torch.manual_seed(0)
     model = build_model(model_name, num_classes=10).to(device)
     criterion = nn.CrossEntropyLoss()
@@ -293,50 +291,21 @@ def seed_compute(model_name: str, device: torch.device) -> Compute:
         optimizer.step()
         return loss.item()
 
-    return Compute(model, step, torch.contiguous_format, "fp32, NCHW")
+    return Compute(step, torch.contiguous_format, "fp32, NCHW")
 
 
 def run_fast(
-    model_name: str,
-    batch_dir: Path,
-    device: torch.device,
-    batch: int,
-    warmup: int,
-    steps: int,
-    compile_model: bool = False,
+    plan: ModelPlan, batch_dir: Path, device: torch.device, *, compile_model: bool = False
 ) -> PathResult:
-    """The trainer's fast path, set up as trainer.train._train does for one process."""
-    from trainer.data import DeviceLoader, read_cifar_dir
-
-    cfg = fast_config(model_name, batch, compile_model)
-    cuda = device.type == "cuda"
-    with (
-        _backend_flags(cudnn_benchmark=cuda, matmul_precision="high" if cuda else "highest"),
-        _measure_memory(device) as mem,
-    ):
+    """The trainer's fast path for one process, as ``assemble`` builds it."""
+    with backend_flags(fast=True), _measure_memory(device) as mem:
         data = read_cifar_dir(batch_dir)
-        loader = DeviceLoader(
-            data.train_x,
-            data.train_y,
-            batch_size=batch,
-            rank=0,
-            world=1,
-            device=device,
-            seed=cfg.seed,
-            train=True,
-            augment=True,
-            channels_last=cfg.channels_last,
-        )
-        compute = fast_compute(cfg, device, len(loader))
+        t = fast_training(plan.model, plan.batch, device, data, compile_model=compile_model)
+        compute = fast_compute(t)
         # the trainer's per-step bookkeeping: device-side sums, no host sync
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.float64, device=device)
-
-        def make_iter(epoch: int) -> Iterator[Batch]:
-            loader.set_epoch(epoch)
-            return iter(loader)
-
-        batches = _forever(make_iter)
+        batches = forever(t.train_loader)
 
         def step(x: torch.Tensor, y: torch.Tensor) -> None:
             nonlocal loss_sum, correct
@@ -344,40 +313,30 @@ def run_fast(
             loss_sum += loss.double() * y.shape[0]
             correct += n_correct
 
-        total, data_s = timed_loop(lambda: next(batches), step, device, warmup, steps)
+        total, data_s = timed_loop(lambda: next(batches), step, device, plan.warmup, plan.steps)
         float(loss_sum.item())  # the trainer reads these every log_every steps
         batches.close()
     setup = compute.setup + ", on-device loader"
-    return PathResult.from_timing(model_name, "fast", batch, steps, total, data_s, mem, setup)
+    return PathResult.from_timing(plan, "fast", total_s=total, data_s=data_s, mem=mem, setup=setup)
 
 
 def run_baseline(
-    model_name: str,
-    batch_dir: Path,
-    device: torch.device,
-    batch: int,
-    warmup: int,
-    steps: int,
-    workers: int,
+    plan: ModelPlan, batch_dir: Path, device: torch.device, *, workers: int
 ) -> PathResult:
     """The seed-style loop: per-sample PIL transforms in DataLoader workers, fp32, NCHW."""
-    cuda = device.type == "cuda"
-    with (
-        _backend_flags(cudnn_benchmark=False, matmul_precision="highest"),
-        _measure_memory(device) as mem,
-    ):
+    with backend_flags(fast=False), _measure_memory(device) as mem:
         dataset = SeedCIFAR10(batch_dir, train=True, transform=seed_transform())
         loader = torch.utils.data.DataLoader(
             dataset,
-            batch_size=batch,
+            batch_size=plan.batch,
             shuffle=True,
             num_workers=workers,
-            pin_memory=cuda,
+            pin_memory=device.type == "cuda",
             drop_last=True,
         )
-        compute = seed_compute(model_name, device)
+        compute = seed_compute(plan.model, device)
         running_loss = 0.0
-        batches = _forever(lambda _epoch: iter(loader))
+        batches = forever(loader)
 
         def next_batch() -> Batch:
             inputs, labels = next(batches)
@@ -387,19 +346,41 @@ def run_baseline(
             nonlocal running_loss
             running_loss += compute.step(inputs, labels)
 
-        total, data_s = timed_loop(next_batch, step, device, warmup, steps)
+        total, data_s = timed_loop(next_batch, step, device, plan.warmup, plan.steps)
         batches.close()  # stops the workers inside the memory window
     setup = f"{compute.setup}, DataLoader + PIL, {workers} workers"
-    return PathResult.from_timing(model_name, "baseline", batch, steps, total, data_s, mem, setup)
+    return PathResult.from_timing(
+        plan, "baseline", total_s=total, data_s=data_s, mem=mem, setup=setup
+    )
 
 
 # ---------------------------------------------------------------- the benchmark
-@dataclass
-class ModelPlan:
-    model: str
-    batch: int
-    warmup: int
-    steps: int
+def best_paths(
+    plan: ModelPlan,
+    batch_dir: Path,
+    device: torch.device,
+    *,
+    workers: int,
+    compile_model: bool,
+    rounds: int,
+) -> tuple[PathResult, PathResult]:
+    """(fast, baseline): each path's best of ``rounds`` alternating rounds (highest img/s); peak
+    memory is the largest any round saw."""
+    peaks: dict[str, int] = {}
+
+    def run(path: str) -> PathResult:
+        if path == "fast":
+            r = run_fast(plan, batch_dir, device, compile_model=compile_model)
+        else:
+            r = run_baseline(plan, batch_dir, device, workers=workers)
+        _cleanup(device)
+        peaks[path] = max(peaks.get(path, 0), r.peak_mem_bytes)
+        return r
+
+    best = best_of_rounds(("fast", "baseline"), rounds, run, score=lambda r: r.img_s)
+    for path, r in best.items():
+        r.peak_mem_bytes = peaks[path]
+    return best["fast"], best["baseline"]
 
 
 def run_throughput(
@@ -407,58 +388,66 @@ def run_throughput(
     batch_dir: Path,
     device: torch.device,
     peak: Peak,
+    *,
     workers: int,
     compile_model: bool = False,
     rounds: int = 1,
 ) -> dict[str, Any]:
     """Run every model's two paths, print the table and the checks; returns a JSON-able dict.
 
-    With ``rounds`` > 1 the paths alternate (fast, baseline, fast, baseline, ...) and each path
-    keeps its best round (highest img/s; peak memory is the largest seen): on a shared host the
-    best round is the one least disturbed by other processes, and alternating exposes both paths
-    to the same drift in load.
+    With ``rounds`` > 1 each path keeps its best round (bench.common.best_of_rounds): on a
+    shared host the best round is the one least disturbed by other processes, and alternating
+    exposes both paths to the same drift in load.
     """
-    from trainer.models import build_model
-
-    rows: list[list[Any]] = []
     results: list[PathResult] = []
     flops: dict[str, FlopCount] = {}
     for plan in plans:
         torch.manual_seed(0)
         flops[plan.model] = count_flops(build_model(plan.model).to(device), device)
-        best: dict[str, PathResult] = {}
-        for _ in range(rounds):
-            fast = run_fast(
-                plan.model, batch_dir, device, plan.batch, plan.warmup, plan.steps, compile_model
-            )
-            _cleanup(device)
-            base = run_baseline(
-                plan.model, batch_dir, device, plan.batch, plan.warmup, plan.steps, workers
-            )
-            _cleanup(device)
-            for r in (fast, base):
-                old = best.get(r.path)
-                if old is not None:
-                    r.peak_mem_bytes = max(r.peak_mem_bytes, old.peak_mem_bytes)
-                if old is None or r.img_s > old.img_s:
-                    best[r.path] = r
-        for r in (best["fast"], best["baseline"]):
+        pair = best_paths(
+            plan, batch_dir, device, workers=workers, compile_model=compile_model, rounds=rounds
+        )
+        for r in pair:
             r.mfu = r.img_s * flops[plan.model].train / peak.flops
-            results.append(r)
-            rows.append(
-                [
-                    r.model,
-                    r.path,
-                    r.batch,
-                    f"{r.img_s:,.1f}",
-                    f"{r.step_ms:.1f}",
-                    f"{100 * r.data_wait:.1f}%",
-                    f"{r.peak_mem_bytes / 2**20:,.0f}",
-                    f"{100 * r.mfu:.2f}%",
-                    r.setup,
-                ]
-            )
+        results += pair
+    _print_table(results, plans, device, rounds)
+    _print_flops(peak, flops)
+    pipeline_s = seed_pipeline_cost(batch_dir)
+    print(
+        f"seed-style per-sample pipeline (PIL RandomCrop+Flip+ToTensor+Normalize): "
+        f"{1e6 * pipeline_s:.0f} us/image on one core"
+    )
+    speedups, checks = _speedup_checks(plans, results, device, pipeline_s)
+    checks.append(_mfu_check(results, device))
+    print(format_checks(checks))
+    return {
+        "device": str(device),
+        "peak_flops": peak.flops,
+        "peak_label": peak.label,
+        "flops_per_image": {k: asdict(v) for k, v in flops.items()},
+        "results": [asdict(r) for r in results],
+        "speedups": speedups,
+        "checks": [c.to_dict() for c in checks],
+    }
 
+
+def _print_table(
+    results: list[PathResult], plans: list[ModelPlan], device: torch.device, rounds: int
+) -> None:
+    rows = [
+        [
+            r.model,
+            r.path,
+            r.batch,
+            f"{r.img_s:,.1f}",
+            f"{r.step_ms:.1f}",
+            f"{100 * r.data_wait:.1f}%",
+            f"{r.peak_mem_bytes / 2**20:,.0f}",
+            f"{100 * r.mfu:.2f}%",
+            r.setup,
+        ]
+        for r in results
+    ]
     print(
         format_table(
             ["model", "path", "batch", "img/s", "step ms", "data wait", "peak MiB", "MFU", "setup"],
@@ -469,6 +458,9 @@ def run_throughput(
             f"{results[0].mem_kind if results else ''}",
         )
     )
+
+
+def _print_flops(peak: Peak, flops: dict[str, FlopCount]) -> None:
     print(f"MFU denominator: {fmt_si(peak.flops, 'FLOP/s')} = {peak.label}")
     print(
         "FLOPs per training image (FlopCounterMode: conv + matmul only, 1 multiply-add = 2 FLOPs):"
@@ -478,12 +470,12 @@ def run_throughput(
             f"  {name}: forward {fmt_si(fc.forward, 'FLOP')}, forward+backward "
             f"{fmt_si(fc.train, 'FLOP')} ({fc.train / fc.forward:.2f}x forward)"
         )
-    pipeline_s = seed_pipeline_cost(batch_dir)
-    print(
-        f"seed-style per-sample pipeline (PIL RandomCrop+Flip+ToTensor+Normalize): "
-        f"{1e6 * pipeline_s:.0f} us/image on one core"
-    )
 
+
+def _speedup_checks(
+    plans: list[ModelPlan], results: list[PathResult], device: torch.device, pipeline_s: float
+) -> tuple[dict[str, float], list[Check]]:
+    """Per model: print the speed-up (and on CPU its bound), check it and the data wait."""
     checks: list[Check] = []
     speedups: dict[str, float] = {}
     target = TARGET_SPEEDUP["cuda" if device.type == "cuda" else "cpu"]
@@ -523,34 +515,23 @@ def run_throughput(
                 unit="%",
             )
         )
+    return speedups, checks
+
+
+def _mfu_check(results: list[PathResult], device: torch.device) -> Check:
     rn50 = next((r for r in results if r.model == "resnet50" and r.path == "fast"), None)
     if device.type != "cuda":
-        checks.append(
-            Check(
-                "ResNet50 MFU >= 25% (H100, bf16)",
-                None,
-                None,
-                note="n/a (GPU target); CPU MFU vs the measured GEMM peak is in the table",
-            )
+        return Check(
+            "ResNet50 MFU >= 25% (H100, bf16)",
+            None,
+            None,
+            note="n/a (GPU target); CPU MFU vs the measured GEMM peak is in the table",
         )
-    elif rn50 is None:
-        checks.append(Check("ResNet50 MFU (H100, bf16)", None, None, note="resnet50 not run"))
-    else:
-        checks.append(
-            Check(
-                f"ResNet50 MFU, bf16, batch {rn50.batch}, {torch.cuda.get_device_name(device)}",
-                100 * rn50.mfu,
-                100 * TARGET_MFU,
-                unit="%",
-            )
-        )
-    print(format_checks(checks))
-    return {
-        "device": str(device),
-        "peak_flops": peak.flops,
-        "peak_label": peak.label,
-        "flops_per_image": {k: asdict(v) for k, v in flops.items()},
-        "results": [asdict(r) for r in results],
-        "speedups": speedups,
-        "checks": [c.to_dict() for c in checks],
-    }
+    if rn50 is None:
+        return Check("ResNet50 MFU (H100, bf16)", None, None, note="resnet50 not run")
+    return Check(
+        f"ResNet50 MFU, bf16, batch {rn50.batch}, {torch.cuda.get_device_name(device)}",
+        100 * rn50.mfu,
+        100 * TARGET_MFU,
+        unit="%",
+    )

@@ -8,18 +8,18 @@ The payload is a plain dict readable with ``torch.load(path, weights_only=True)`
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import random
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from trainer.files import atomic_path, remove_stale_temps
 
 log = logging.getLogger("trainer")
 
@@ -126,21 +126,9 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------- write
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(directory: str | os.PathLike[str], payload: dict[str, Any], keep: int) -> Path:
-    """Write atomically (temp file in the same dir, fsync, os.replace), then keep the newest K.
+    """Write atomically (temp file in the same dir, fsync, os.replace, directory fsync: see
+    trainer/files.py), then keep the newest K.
 
     Call on rank 0 only. ``keep=0`` keeps every checkpoint.
     """
@@ -150,20 +138,10 @@ def save_checkpoint(directory: str | os.PathLike[str], payload: dict[str, Any], 
     if missing:
         raise ValueError(f"checkpoint payload lacks {missing}")
     final = d / checkpoint_name(int(payload["global_step"]), int(payload["epoch"]))
-    tmp = d / f".{final.name}.tmp-{os.uname().nodename}-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(d)
-    for stale in d.glob(".ckpt_*.pt.tmp-*"):  # left by a writer that died mid-save
-        with contextlib.suppress(OSError):
-            if time.time() - stale.stat().st_mtime > STALE_TMP_S:
-                stale.unlink()
+    # durable: a preempted job's next attempt, maybe on another node, resumes from this file
+    with atomic_path(final, durable=True) as tmp, open(tmp, "wb") as f:
+        torch.save(payload, f)
+    remove_stale_temps(d, "ckpt_*.pt", STALE_TMP_S)  # left by a writer that died mid-save
     if keep > 0:
         for old in list_checkpoints(d)[:-keep]:
             if old.path != final:

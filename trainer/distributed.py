@@ -6,8 +6,9 @@ Precedence (see trainer/README.md):
 2. Slurm variables, if ``SLURM_PROCID`` is set (``srun``, one task per GPU; also submitit);
 3. otherwise a single process (no process group is created).
 
-Everything here except :func:`init_distributed` is pure (reads a mapping, returns values), so
-it is unit-tested without processes.
+Everything here except :func:`init_distributed` and the collective helpers at the end
+(:func:`on_main`, :func:`all_ok`, :func:`sync_buffers`) is pure (reads a mapping, returns values),
+so it is unit-tested without processes.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ import datetime as _dt
 import logging
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
+import hostlist  # python-hostlist: Slurm's hostlist and count-list syntax
 import torch
 import torch.distributed as dist
-
-from trainer.hostlist import HostlistError, expand_counts, expand_hostlist
 
 log = logging.getLogger("trainer")
 
@@ -56,13 +57,21 @@ PORT_BASE = 20000  # job-derived ports live in [20000, 30000): below Linux's eph
 PORT_SPAN = 10000
 
 __all__ = [
+    "HostlistError",
+    "SetupError",
     "Topology",
     "TopologyError",
+    "all_ok",
     "cleanup_distributed",
     "decide_backend",
     "derive_port",
+    "expand_counts",
+    "expand_hostlist",
+    "in_process_group",
     "init_distributed",
+    "on_main",
     "select_device",
+    "sync_buffers",
     "topology_from_env",
     "validate_topology",
 ]
@@ -70,6 +79,29 @@ __all__ = [
 
 class TopologyError(RuntimeError):
     """The launch environment is inconsistent; raised before any process-group setup."""
+
+
+class HostlistError(ValueError):
+    """A malformed Slurm hostlist (``node[1-3,5]``) or count list (``2(x3),1``)."""
+
+
+def expand_hostlist(text: str) -> list[str]:
+    """``node[1-3,5]`` -> node1 node2 node3 node5, in Slurm's order."""
+    entries = text.strip().split(",")
+    if not text.strip() or not all(e.strip() for e in entries):  # python-hostlist skips these
+        raise HostlistError(f"empty hostlist or empty entry in {text!r}")
+    try:
+        return list(hostlist.expand_hostlist(text))
+    except hostlist.BadHostlist as exc:
+        raise HostlistError(f"bad hostlist {text!r}: {exc}") from exc
+
+
+def expand_counts(text: str) -> list[int]:
+    """Slurm's compressed count list: ``2(x3),1`` -> [2, 2, 2, 1]."""
+    try:
+        return list(hostlist.parse_slurm_tasks_per_node(text))
+    except hostlist.BadHostlist as exc:
+        raise HostlistError(f"bad count list {text!r}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -160,6 +192,81 @@ def _slurm_tasks_on_node(
     return None, None
 
 
+def _torchrun_ranks(env: Mapping[str, str], problems: list[str]) -> dict[str, Any]:
+    """Rank fields from torchrun's variables."""
+    if "RANK" not in env or "WORLD_SIZE" not in env:
+        problems.append("RANK and WORLD_SIZE must be set together (torchrun sets both)")
+    rank = _int(env, "RANK", problems, 0) or 0
+    world = _int(env, "WORLD_SIZE", problems, 1) or 1
+    local_rank = _int(env, "LOCAL_RANK", problems, rank)
+    local_world = _int(env, "LOCAL_WORLD_SIZE", problems, world)
+    node_rank = _int(env, "GROUP_RANK", problems, None)
+    if node_rank is None:
+        node_rank = _int(env, "NODE_RANK", problems, None)
+    if node_rank is None:
+        node_rank = rank // max(local_world or 1, 1)
+    num_nodes = _int(env, "GROUP_WORLD_SIZE", problems, None)
+    if num_nodes is None:
+        num_nodes = _int(env, "NNODES", problems, None)
+    return {
+        "launcher": "torchrun",
+        "rank": rank,
+        "world_size": world,
+        "local_rank": local_rank,
+        "local_world_size": local_world,
+        "node_rank": node_rank,
+        "num_nodes": num_nodes,
+        "tasks_per_node": local_world if num_nodes is not None else None,
+    }
+
+
+def _slurm_ranks(env: Mapping[str, str], node_rank: int, problems: list[str]) -> dict[str, Any]:
+    """Rank fields from Slurm's task variables (srun, submitit)."""
+    rank = _int(env, "SLURM_PROCID", problems, 0) or 0
+    world: int | None = None
+    for name in ("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "SLURM_NPROCS"):
+        world = _int(env, name, problems, None)
+        if world is not None:
+            break
+    world = world or 1
+    num_nodes = None
+    for name in ("SLURM_STEP_NUM_NODES", "SLURM_JOB_NUM_NODES", "SLURM_NNODES"):
+        num_nodes = _int(env, name, problems, None)
+        if num_nodes is not None:
+            break
+    here, tasks_per_node = _slurm_tasks_on_node(env, node_rank, problems)
+    if here is None:
+        nodes = num_nodes or 1
+        if world % nodes:
+            problems.append(
+                f"cannot infer tasks per node: {world} tasks over {nodes} nodes and no "
+                "SLURM_NTASKS_PER_NODE / SLURM_TASKS_PER_NODE"
+            )
+        here = tasks_per_node = max(world // nodes, 1)
+    return {
+        "launcher": "slurm",
+        "rank": rank,
+        "world_size": world,
+        "local_rank": _int(env, "SLURM_LOCALID", problems, 0) or 0,
+        "local_world_size": here,
+        "node_rank": node_rank,
+        "num_nodes": num_nodes,
+        "tasks_per_node": tasks_per_node,
+    }
+
+
+SINGLE_PROCESS = {
+    "launcher": "single",
+    "rank": 0,
+    "world_size": 1,
+    "local_rank": 0,
+    "local_world_size": 1,
+    "node_rank": 0,
+    "num_nodes": 1,
+    "tasks_per_node": 1,
+}
+
+
 def topology_from_env(env: Mapping[str, str] | None = None) -> Topology:
     """Read the topology; raises TopologyError listing every problem found."""
     env = os.environ if env is None else env
@@ -173,53 +280,11 @@ def topology_from_env(env: Mapping[str, str] | None = None) -> Topology:
     step_here, _ = _slurm_tasks_on_node(env, slurm_node, []) if in_step else (None, None)
 
     if "RANK" in env or "WORLD_SIZE" in env:
-        launcher = "torchrun"
-        if "RANK" not in env or "WORLD_SIZE" not in env:
-            problems.append("RANK and WORLD_SIZE must be set together (torchrun sets both)")
-        rank = _int(env, "RANK", problems, 0) or 0
-        world = _int(env, "WORLD_SIZE", problems, 1) or 1
-        local_rank = _int(env, "LOCAL_RANK", problems, rank)
-        local_world = _int(env, "LOCAL_WORLD_SIZE", problems, world)
-        assert local_rank is not None and local_world is not None
-        node_rank = _int(env, "GROUP_RANK", problems, None)
-        if node_rank is None:
-            node_rank = _int(env, "NODE_RANK", problems, None)
-        if node_rank is None:
-            node_rank = rank // max(local_world, 1)
-        num_nodes = _int(env, "GROUP_WORLD_SIZE", problems, None)
-        if num_nodes is None:
-            num_nodes = _int(env, "NNODES", problems, None)
-        tasks_per_node = local_world if num_nodes is not None else None
+        ranks = _torchrun_ranks(env, problems)
     elif "SLURM_PROCID" in env:
-        launcher = "slurm"
-        rank = _int(env, "SLURM_PROCID", problems, 0) or 0
-        world_opt = _int(env, "SLURM_STEP_NUM_TASKS", problems, None)
-        if world_opt is None:
-            world_opt = _int(env, "SLURM_NTASKS", problems, None)
-        if world_opt is None:
-            world_opt = _int(env, "SLURM_NPROCS", problems, 1)
-        world = world_opt or 1
-        local_rank = _int(env, "SLURM_LOCALID", problems, 0) or 0
-        node_rank = slurm_node
-        num_nodes = None
-        for name in ("SLURM_STEP_NUM_NODES", "SLURM_JOB_NUM_NODES", "SLURM_NNODES"):
-            num_nodes = _int(env, name, problems, None)
-            if num_nodes is not None:
-                break
-        here, tasks_per_node = _slurm_tasks_on_node(env, node_rank, problems)
-        if here is None:
-            nodes = num_nodes or 1
-            if world % nodes:
-                problems.append(
-                    f"cannot infer tasks per node: {world} tasks over {nodes} nodes and no "
-                    "SLURM_NTASKS_PER_NODE / SLURM_TASKS_PER_NODE"
-                )
-            here = tasks_per_node = max(world // nodes, 1)
-        local_world = here
+        ranks = _slurm_ranks(env, slurm_node, problems)
     else:
-        launcher = "single"
-        rank, world, local_rank, local_world, node_rank, num_nodes = 0, 1, 0, 1, 0, 1
-        tasks_per_node = 1
+        ranks = dict(SINGLE_PROCESS)
 
     master_addr = env.get("MASTER_ADDR") or _first_host(env, problems) or "127.0.0.1"
     port_raw = env.get("MASTER_PORT")
@@ -228,14 +293,7 @@ def topology_from_env(env: Mapping[str, str] | None = None) -> Topology:
         master_port = derive_port(job_id)
 
     topo = Topology(
-        launcher=launcher,
-        rank=rank,
-        world_size=world,
-        local_rank=local_rank,
-        local_world_size=local_world,
-        node_rank=node_rank,
-        num_nodes=num_nodes,
-        tasks_per_node=tasks_per_node,
+        **ranks,
         master_addr=master_addr,
         master_port=master_port,
         job_id=job_id,
@@ -452,3 +510,55 @@ def init_distributed(
 def cleanup_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------- collectives the trainer uses
+class SetupError(RuntimeError):
+    """A problem reported by one rank (usually rank 0) and raised on every rank."""
+
+
+def in_process_group() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def on_main(topo: Topology, fn: Callable[[], Any], group: Any = None) -> Any:
+    """Run ``fn`` on rank 0; broadcast its result, or raise its error on every rank.
+
+    Doubles as a barrier, so other ranks wait while rank 0 downloads / writes. ``group`` lets
+    slow work (a download) wait on a process group with a longer timeout.
+    """
+    result: Any = None
+    error: str | None = None
+    failure: BaseException | None = None
+    if topo.is_main:
+        try:
+            result = fn()
+        except Exception as exc:
+            if not in_process_group():
+                raise
+            error, failure = f"{exc}", exc
+    if in_process_group():
+        box = [(result, error)]
+        dist.broadcast_object_list(box, src=0, group=group)
+        result, error = box[0]
+    if error is not None:
+        if failure is not None:
+            raise failure  # the original exception (and traceback) on rank 0
+        raise SetupError(f"rank 0 failed: {error}")
+    return result
+
+
+def all_ok(ok: bool, device: torch.device) -> bool:
+    """True on every rank when ``ok`` is true on every rank."""
+    if not in_process_group():
+        return ok
+    t = torch.tensor([0.0 if ok else 1.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() == 0)
+
+
+def sync_buffers(model: torch.nn.Module) -> None:
+    """Give every rank rank 0's BatchNorm statistics before evaluating."""
+    if in_process_group():
+        for buf in model.buffers():
+            dist.broadcast(buf, src=0)

@@ -10,6 +10,8 @@ from typing import Any
 
 import psutil
 
+from trainer.files import atomic_path
+
 __all__ = ["MetricsWriter", "host_stats_line", "read_metrics"]
 
 
@@ -28,11 +30,9 @@ class MetricsWriter:
         if not self.enabled or not self.path.is_file():
             return
         kept = [r for r in read_metrics(self.path) if int(r.get("step", 0)) <= global_step]
-        tmp = self.path.with_name(self.path.name + f".tmp-{os.getpid()}")
-        with open(tmp, "w") as f:
+        with atomic_path(self.path) as tmp, open(tmp, "w") as f:
             for rec in kept:
                 f.write(json.dumps(rec) + "\n")
-        os.replace(tmp, self.path)
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:

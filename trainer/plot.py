@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from trainer.files import atomic_path
 from trainer.metrics import read_metrics
 
 __all__ = ["plot_run"]
@@ -53,10 +54,10 @@ def plot_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None
             ax.legend()
     fig.tight_layout()
     dest = Path(out) if out else run / "curves.png"
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
+    # the temp name has no image extension: name the format (PNG, whatever --out ends with)
+    with atomic_path(dest) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, dest)
     return dest
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.files import atomic_path
+
 __all__ = [
     "CLASS_NAMES",
     "generate_synthetic",
@@ -81,6 +83,7 @@ def write_cifar_format(
     test_x: np.ndarray,
     test_y: np.ndarray,
     label_names: list[str],
+    *,
     n_batches: int = 5,
 ) -> None:
     """Write arrays (uint8 N x 3 x 32 x 32) as the standard CIFAR-10 python batches."""
@@ -133,23 +136,17 @@ def generate_synthetic(
     if final.exists() and not force:
         return final
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{BATCH_DIR}.tmp-{os.uname().nodename}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     train_x, train_y = make_images(n_train, seed)
     test_x, test_y = make_images(n_val, seed + 1_000_003)
-    write_cifar_format(tmp, train_x, train_y, test_x, test_y, CLASS_NAMES)
-    (tmp / "synthetic.json").write_text(
-        json.dumps({"train": n_train, "val": n_val, "seed": seed, "version": GENERATOR_VERSION})
-        + "\n"
-    )
-    if force and final.exists():
-        shutil.rmtree(final)
-    try:
-        os.rename(tmp, final)
-    except OSError:  # another process won the race: keep its copy
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not final.exists():
-            raise
+    # keep_existing: if another process (rank, job) renamed its copy into place first, keep it
+    with atomic_path(final, keep_existing=Path.exists) as tmp:
+        write_cifar_format(tmp, train_x, train_y, test_x, test_y, CLASS_NAMES)
+        (tmp / "synthetic.json").write_text(
+            json.dumps({"train": n_train, "val": n_val, "seed": seed, "version": GENERATOR_VERSION})
+            + "\n"
+        )
+        if force and final.exists():
+            shutil.rmtree(final)
     return final
 
 

@@ -175,6 +175,24 @@ def test_time_to_accuracy_from_metrics_records() -> None:
     assert not time_to_accuracy(records, 95.0)["reached"]
 
 
+def test_job_probe_reads_phases_from_the_log_and_metrics_jsonl(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bench.job_probe import PHASES, metrics_path, phases_seen
+
+    log = "job 7 (restart 0) on node[1-4]\nBackend: gloo (no CUDA device)\nslurmlab trainer | ..."
+    assert phases_seen("", []) == set()
+    assert phases_seen(log, []) == {"queue_s", "imports_rendezvous_s"}  # header text: no phase
+    start, train = {"kind": "start", "step": 0}, {"kind": "train", "step": 1}
+    assert phases_seen(log, [start]) == set(PHASES) - {"first_step_s"}
+    assert phases_seen(log, [start, train]) == set(PHASES)
+    # the trainer's own output_dir rule, in the job's environment
+    monkeypatch.setenv("SLURMLAB_SHARED", str(tmp_path))
+    config = str(REPO / "jobs/configs/simple_cnn_synthetic.yaml")
+    assert metrics_path(config, ["epochs=1"], "42") == tmp_path / "runs/42/metrics.jsonl"
+    assert metrics_path(config, [f"output_dir={tmp_path}/x"], "42") == tmp_path / "x/metrics.jsonl"
+
+
 def test_quick_bench_runs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     cmd = [

@@ -13,15 +13,8 @@ import pytest
 import torch
 from conftest import N_TRAIN, N_VAL, REPO
 
-from trainer.data import (
-    ARCHIVE_NAME,
-    DataError,
-    DataLoaderPath,
-    DeviceLoader,
-    ensure_cifar10,
-    md5sum,
-    read_cifar_dir,
-)
+from trainer.data import ARCHIVE_NAME, DataError, ensure_cifar10, md5sum, read_cifar_dir
+from trainer.loaders import DataLoaderPath, DeviceLoader
 from trainer.synthetic import CLASS_NAMES, make_images, write_cifar_format
 
 CPU = torch.device("cpu")

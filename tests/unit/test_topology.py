@@ -5,13 +5,15 @@ from __future__ import annotations
 import pytest
 
 from trainer.distributed import (
+    HostlistError,
     TopologyError,
     decide_backend,
     derive_port,
+    expand_counts,
+    expand_hostlist,
     topology_from_env,
     validate_topology,
 )
-from trainer.hostlist import HostlistError, expand_counts, expand_hostlist
 
 
 @pytest.mark.parametrize(
