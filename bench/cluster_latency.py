@@ -105,6 +105,9 @@ ROWS = {  # key -> label, in print order; indented rows break down the row above
     "first_step_s": "  first DDP step",
     "end_to_sacct_s": "job end -> COMPLETED in sacct",
     "requeue_running_s": "scontrol requeue -> RUNNING again",
+    "preempt_checkpointed_s": "urgent job -> victim checkpointed",
+    "preempt_urgent_running_s": "urgent job -> urgent RUNNING",
+    "preempt_victim_running_s": "urgent done -> victim RUNNING",
     "imports_wall_s": "import torch+_dynamo, all nodes",
     "import_torch_s": "  import torch (slowest rank)",
     "import_torch_dynamo_s": "  import torch._dynamo (slowest)",
@@ -135,6 +138,7 @@ def main() -> int:
             add(submit_to_training())
             add(probe("imports"))
             add(probe("requeue"))
+            add(probe("preempt", CONFIG))
         make("down")
         add({"restart_ready_s": timed(lambda: make("up"))})
     finally:

@@ -4,6 +4,7 @@
     python -m bench.job_probe training CONFIG [k=v]   # submit -> every rank training, by phase
     python -m bench.job_probe imports                 # python + torch imports on every node
     python -m bench.job_probe requeue                 # scontrol requeue -> RUNNING again
+    python -m bench.job_probe preempt CONFIG          # an urgent job preempting a training run
 
 Each prints one JSON object. Timing here, not from the host, keeps ``docker compose exec``'s own
 start-up (~0.5-1 s per poll with Compose v1) out of the figures. This module owns those probes.
@@ -55,7 +56,7 @@ def metrics_path(config: str, overrides: list[str], job: str) -> Path:
 
 def node_count() -> int:
     """The cluster's size, from Slurm (slurm.conf defines it once)."""
-    return len(sh("sinfo", "-h", "-N", "-o", "%N").split())
+    return len(set(sh("sinfo", "-h", "-N", "-o", "%N").split()))  # sinfo: once per partition
 
 
 def sh(*cmd: str, env: dict[str, str] | None = None) -> str:
@@ -168,6 +169,46 @@ def requeue_to_running() -> dict[str, float]:
     return {"requeue_running_s": elapsed}
 
 
+def preemption(config: str) -> dict[str, float]:
+    """A job in the `urgent` partition preempting a training run on every node: until the
+    victim has checkpointed (the trainer logs the signal after its save), until the urgent job
+    runs, and from the urgent job's end until the requeued victim runs again."""
+    wait_idle()
+    log_dir = Path(os.environ["SLURMLAB_SHARED"], "logs")
+    overrides = ["epochs=50", "log_every=1"]
+    victim = sh(
+        "sbatch",
+        "--parsable",
+        f"--nodes={node_count()}",
+        "-o",
+        str(log_dir / "bench-%j.out"),
+        "jobs/train_ddp.sbatch",
+        *overrides,
+        env={**os.environ, "CONFIG": config},
+    ).split(";")[0]
+    metrics, log = metrics_path(config, overrides, victim), log_dir / f"bench-{victim}.out"
+    wait(lambda: metrics.exists() and any(r.get("kind") == "train" for r in read_metrics(metrics)))
+    start = time.monotonic()
+    urgent = sh(
+        *("sbatch", "--parsable", "-p", "urgent", "-N1", "--gpus-per-node=1"),
+        *("-o", "/dev/null", "--wrap", "sleep 1"),
+    )
+    checkpointed = wait(lambda: "Preemption signal received" in log.read_text(errors="replace"))
+    wait(lambda: queued(urgent) in {"RUNNING", "COMPLETING", ""})
+    urgent_running = time.monotonic() - start
+    wait(lambda: queued(urgent) == "")
+    done = time.monotonic()
+    wait(lambda: queued(victim) == "RUNNING")
+    victim_running = time.monotonic() - done
+    sh("scancel", victim)
+    wait(lambda: queued(victim) == "")
+    return {
+        "preempt_checkpointed_s": checkpointed,
+        "preempt_urgent_running_s": urgent_running,
+        "preempt_victim_running_s": victim_running,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -177,6 +218,7 @@ def main() -> int:
     training.add_argument("overrides", nargs="*")
     sub.add_parser("imports")
     sub.add_parser("requeue")
+    sub.add_parser("preempt").add_argument("config")
     args = parser.parse_args()
     if args.what == "running":
         result = sbatch_to_running()
@@ -184,6 +226,8 @@ def main() -> int:
         result = submit_to_training(args.config, args.overrides)
     elif args.what == "requeue":
         result = requeue_to_running()
+    elif args.what == "preempt":
+        result = preemption(args.config)
     else:
         result = concurrent_imports()
     print(json.dumps(result))

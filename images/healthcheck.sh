@@ -11,7 +11,8 @@ case ${1:?usage: slurmlab-healthcheck ROLE} in
     slurmdbd) sacctmgr -n show cluster >/dev/null ;;
     slurmctld) scontrol ping | grep -q 'is UP' ;;
     slurmd)
-        state=$(sinfo -h -n "$(hostname)" -o %t)
+        # one line per partition the node is in, all with the node's one state
+        state=$(sinfo -h -n "$(hostname)" -o %t | sort -u)
         [[ ${state} =~ ^(idle|alloc|mix|comp)$ ]] ;;
     *) echo "unknown role: $1" >&2; exit 2 ;;
 esac

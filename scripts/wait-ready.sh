@@ -7,8 +7,9 @@ source "$(dirname "$0")/lib.sh"
 timeout_s=${WAIT_READY_TIMEOUT:-180}
 started=${SECONDS}
 while :; do
-    # One line per node: name, state, GRES. The partition's node count is Slurm's own (slurm.conf).
-    if nodes=$(on_login sinfo -h -N -o '%N %t %G' 2>/dev/null) && [[ -n ${nodes} ]]; then
+    # One line per node: name, state, GRES (sinfo lists a node once per partition: sort -u).
+    # The node count is Slurm's own (slurm.conf).
+    if nodes=$(on_login sinfo -h -N -o '%N %t %G' 2>/dev/null | sort -u) && [[ -n ${nodes} ]]; then
         total=$(wc -l <<<"${nodes}")
         ready=$(awk '$2 == "idle" && $3 ~ /gpu:1/' <<<"${nodes}" | wc -l)
         if (( ready == total )); then

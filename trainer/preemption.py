@@ -4,7 +4,8 @@
   steps, all-reduces the flag (MAX) so every rank stops at the same step boundary even when only
   some ranks received the signal.
 * :func:`requeue` runs ``scontrol requeue <id>`` (rank 0), honouring ``max_requeues`` via
-  SLURM_RESTART_COUNT.
+  SLURM_RESTART_COUNT; when Slurm itself is preempting the job (a higher-priority partition's
+  job wants the nodes) it leaves the requeue to Slurm.
 
 Exit codes: 0 after a successful requeue, :data:`EXIT_PREEMPTED` (75, EX_TEMPFAIL) when the
 checkpoint was saved but the job was not requeued (not under Slurm, cap reached, scontrol failed).
@@ -29,7 +30,7 @@ log = logging.getLogger("trainer")
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: preempted, checkpoint saved, not requeued
 
-__all__ = ["EXIT_PREEMPTED", "PreemptionFlag", "RequeueResult", "requeue"]
+__all__ = ["EXIT_PREEMPTED", "PreemptionFlag", "RequeueResult", "preempted_by_slurm", "requeue"]
 
 
 class PreemptionFlag:
@@ -92,6 +93,31 @@ class RequeueResult:
     message: str
 
 
+def preempted_by_slurm(job_id: str, timeout_s: float = 10.0) -> bool:
+    """True when Slurm has selected the job for preemption (squeue's PreemptTime is set).
+
+    With PreemptMode=REQUEUE Slurm then requeues the job itself when it exits. Requeuing it with
+    ``scontrol requeue`` as well would be worse than useless: Slurm 24.11 keeps the job's
+    grace-preemption mark across a user requeue and requeues the *next* run once more when it
+    completes (proc_req.c, _slurm_rpc_complete_batch_script, GRACE_PREEMPT).
+    """
+    exe = shutil.which("squeue")
+    if exe is None:
+        return False
+    try:
+        proc = subprocess.run(
+            [exe, "-h", "-j", job_id, "-O", "PreemptTime"],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    value = proc.stdout.strip()
+    return proc.returncode == 0 and value not in ("", "N/A", "None", "Unknown")
+
+
 def requeue(
     requeue_id: str | None, restart_count: int, max_requeues: int, timeout_s: float = 60.0
 ) -> RequeueResult:
@@ -102,6 +128,13 @@ def requeue(
             EXIT_PREEMPTED,
             "not running under Slurm: checkpoint saved, not requeued; run the "
             "same command again to resume",
+        )
+    if preempted_by_slurm(requeue_id):
+        return RequeueResult(
+            True,
+            0,
+            f"Slurm is preempting job {requeue_id} and requeues it when it exits "
+            f"(restart {restart_count + 1})",
         )
     if restart_count >= max_requeues:
         return RequeueResult(

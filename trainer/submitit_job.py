@@ -12,15 +12,19 @@
     job = ex.submit(TrainJob(cfg))
     print(job.result())  # the run() result dict of rank 0
 
-submitit sends SIGUSR2 before the time limit and calls :meth:`TrainJob.checkpoint` on rank 0
-(no collectives may run there), then requeues the job under its own id; the requeued job
-resumes from the latest valid checkpoint in ``output_dir`` (epoch checkpoints plus
-``checkpoint_every_steps``). Left empty, ``output_dir`` resolves on the nodes to
+The trainer handles SIGUSR2 (before the time limit, or when Slurm preempts the job) exactly as
+under sbatch: every rank stops at the same step, that step is checkpointed, and rank 0 requeues
+the job under its own id, or leaves the requeue to Slurm when Slurm is preempting it. The process
+then exits without a result, so submitit waits for the requeued run, which calls this object
+again and resumes from that checkpoint. submitit's own handler (which would checkpoint on rank 0
+only, through :meth:`TrainJob.checkpoint`, and requeue even when Slurm already does) is only in
+charge before the trainer starts. Left empty, ``output_dir`` resolves on the nodes to
 ``$SLURMLAB_SHARED/runs/$SLURM_JOB_ID``, which a requeue keeps; outside Slurm set it explicitly.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 try:
@@ -39,7 +43,10 @@ class TrainJob(Checkpointable):  # type: ignore[misc,valid-type]
     def __call__(self) -> dict[str, Any]:
         from trainer.train import run
 
-        return run(self.cfg, handle_signals=False)
+        result = run(self.cfg, handle_signals=True)
+        if result["status"] == "preempted" and result["requeued"]:
+            sys.exit(0)  # no result for submitit to record: the requeued run returns it
+        return result
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """Runs on rank 0 only when submitit gets the signal: no collectives, just resubmit."""

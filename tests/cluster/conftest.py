@@ -144,7 +144,7 @@ class Cluster:
         return self.run(script, **kwargs).stdout  # type: ignore[arg-type]
 
     def node_names(self) -> list[str]:
-        return self.login("sinfo -h -N -o %N").split()
+        return sorted(set(self.login("sinfo -h -N -o %N").split()))  # once per partition
 
     def write(self, path: str, content: str) -> str:
         """Write a file on the shared filesystem as the job user."""

@@ -18,11 +18,12 @@ def compose_nodes(cluster: Cluster) -> list[str]:
 
 def test_cluster_comes_up_with_every_node_idle_and_one_gpu_each(cluster: Cluster) -> None:
     rows = [line.split() for line in cluster.login("sinfo -h -N -o '%N %P %t %G'").splitlines()]
-    assert (
-        sorted(r[0] for r in rows) == compose_nodes(cluster) == ["node1", "node2", "node3", "node4"]
-    )
-    for name, partition, state, gres in rows:
-        assert partition == "gpu*", f"{name} should be in the default partition gpu"
+    nodes = sorted({r[0] for r in rows})
+    assert nodes == compose_nodes(cluster) == ["node1", "node2", "node3", "node4"]
+    for name in nodes:
+        partitions = sorted(r[1] for r in rows if r[0] == name)
+        assert partitions == ["gpu*", "urgent"], f"{name}: the default gpu and the urgent one"
+    for name, _, state, gres in rows:
         assert state == "idle", f"{name} is {state}"
         assert gres.startswith("gpu:1"), f"{name} advertises {gres}"
 

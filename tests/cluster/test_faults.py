@@ -100,7 +100,7 @@ def test_node_loss_requeues_and_resumes_from_the_last_checkpoint(cluster: Cluste
     states: list[str] = []
 
     def node3_usable() -> bool:
-        states.append(cluster.login("sinfo -h -n node3 -o %t").strip())
+        states.append(cluster.login("sinfo -h -n node3 -o %t | sort -u").strip())
         return states[-1] in {"idle", "mix", "alloc", "comp"}
 
     try:
