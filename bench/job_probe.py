@@ -193,7 +193,8 @@ def preemption(config: str) -> dict[str, float]:
         *("sbatch", "--parsable", "-p", "urgent", "-N1", "--gpus-per-node=1"),
         *("-o", "/dev/null", "--wrap", "sleep 1"),
     )
-    checkpointed = wait(lambda: "Preemption signal received" in log.read_text(errors="replace"))
+    wait(lambda: "Preemption signal received" in log.read_text(errors="replace"))
+    checkpointed = time.monotonic() - start
     wait(lambda: queued(urgent) in {"RUNNING", "COMPLETING", ""})
     urgent_running = time.monotonic() - start
     wait(lambda: queued(urgent) == "")

@@ -9,9 +9,10 @@ Run it from the project checkout on a login node (in slurmlab: `make shell`). Th
 must be on a filesystem that every node sees at the same path (default: $SLURMLAB_SHARED/submitit,
 or submitit/ in the working directory when SLURMLAB_SHARED is not set).
 
-Timeouts and preemption: submitit asks Slurm for USR2 shortly before the time limit; the task's
-checkpoint() (trainer/submitit_job.py) requeues the job under the same id, and the next run
-resumes from the trainer's latest periodic checkpoint in $SLURMLAB_SHARED/runs/<job id>.
+Timeouts and preemption: submitit asks Slurm for USR2 shortly before the time limit (Slurm sends
+it at once when it preempts the job); the trainer checkpoints that step and the job is requeued
+under the same id (trainer/submitit_job.py), and the next run resumes from it, in
+$SLURMLAB_SHARED/runs/<job id>.
 """
 
 from __future__ import annotations

@@ -78,7 +78,7 @@ def effective_lr(cfg: Config, world_size: int) -> float:
     linearly with the global batch (Goyal et al.) unless ``lr_scaling: none``."""
     if cfg.lr_scaling != "linear":
         return cfg.lr
-    return cfg.lr * cfg.batch_size * world_size / cfg.lr_reference_batch
+    return cfg.lr * (cfg.batch_size * world_size) / cfg.lr_reference_batch
 
 
 def lr_factor(step: int, schedule: str, warmup: int, total: int, final: float) -> float:

@@ -93,29 +93,42 @@ class RequeueResult:
     message: str
 
 
-def preempted_by_slurm(job_id: str, timeout_s: float = 10.0) -> bool:
-    """True when Slurm has selected the job for preemption (squeue's PreemptTime is set).
-
-    With PreemptMode=REQUEUE Slurm then requeues the job itself when it exits. Requeuing it with
-    ``scontrol requeue`` as well would be worse than useless: Slurm 24.11 keeps the job's
-    grace-preemption mark across a user requeue and requeues the *next* run once more when it
-    completes (proc_req.c, _slurm_rpc_complete_batch_script, GRACE_PREEMPT).
-    """
-    exe = shutil.which("squeue")
+def _output(cmd: list[str], timeout_s: float) -> str | None:
+    """stdout of a Slurm client command, or None when it is missing, fails or hangs."""
+    exe = shutil.which(cmd[0])
     if exe is None:
-        return False
+        return None
     try:
         proc = subprocess.run(
-            [exe, "-h", "-j", job_id, "-O", "PreemptTime"],
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
+            [exe, *cmd[1:]], capture_output=True, text=True, timeout=timeout_s, check=False
         )
     except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def preempted_by_slurm(job_id: str, timeout_s: float = 10.0) -> bool:
+    """True when Slurm is preempting the job and will requeue it itself when it exits: squeue
+    shows a PreemptTime, the job is requeueable, and its partition's PreemptMode is REQUEUE.
+
+    Requeuing it with ``scontrol requeue`` as well would be worse than useless: Slurm 24.11 keeps
+    the job's grace-preemption mark across a user requeue and requeues the *next* run once more
+    when it completes (proc_req.c, _slurm_rpc_complete_batch_script, GRACE_PREEMPT). In any other
+    case (CANCEL mode, a job without --requeue) the caller's own requeue is what saves the job.
+    """
+    fields = (
+        _output(
+            ["squeue", "-h", "-j", job_id, "-O", "PreemptTime:30,Requeue:4,Partition:64"], timeout_s
+        )
+        or ""
+    ).split()
+    if len(fields) != 3:
         return False
-    value = proc.stdout.strip()
-    return proc.returncode == 0 and value not in ("", "N/A", "None", "Unknown")
+    preempt_time, requeueable, partition = fields
+    if preempt_time in ("N/A", "None", "Unknown") or requeueable != "1":
+        return False
+    info = _output(["scontrol", "show", "partition", "-o", partition], timeout_s) or ""
+    return "PreemptMode=REQUEUE" in info.split()
 
 
 def requeue(

@@ -60,8 +60,8 @@ __all__ = [
 def run(cfg: Config | Mapping[str, Any], handle_signals: bool = True) -> dict[str, Any]:
     """Train according to ``cfg`` in this process (one rank). Returns the result dict.
 
-    ``handle_signals=False`` leaves the preemption signal alone (submitit installs its own
-    handler and calls a Checkpointable); periodic checkpoints still happen.
+    ``handle_signals=False`` leaves the preemption signal alone, for a caller that handles it
+    itself; periodic checkpoints still happen.
     """
     cfg = resolve_paths(cfg if isinstance(cfg, Config) else Config.from_dict(cfg))
     topo = topology_from_env()

@@ -168,6 +168,49 @@ def test_requeue_decisions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert "scontrol not found" in requeue("5", 0, 3).message
 
 
+def fake_slurm_client(tmp_path: Path, squeue_line: str, preempt_mode: str) -> Path:
+    """squeue printing one job line; scontrol logging its calls and describing a partition."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir(parents=True)
+    (bindir / "squeue").write_text(f'#!/bin/sh\necho "{squeue_line}"\n')
+    (bindir / "scontrol").write_text(
+        f'#!/bin/sh\necho "$@" >> "{tmp_path}/scontrol.calls"\n'
+        f'[ "$1" = show ] && echo "PartitionName=gpu PreemptMode={preempt_mode} State=UP"\n'
+        "exit 0\n"
+    )
+    for script in bindir.iterdir():
+        script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return bindir
+
+
+@pytest.mark.parametrize(
+    ("squeue_line", "preempt_mode", "slurm_requeues"),
+    [
+        ("2026-11-25T20:47:47 1 gpu", "REQUEUE", True),
+        ("N/A 1 gpu", "REQUEUE", False),  # a time-limit signal: not a preemption
+        ("2026-11-25T20:47:47 0 gpu", "REQUEUE", False),  # submitted without --requeue
+        ("2026-11-25T20:47:47 1 gpu", "CANCEL", False),  # Slurm would cancel it
+    ],
+    ids=["preempted", "time-limit", "not-requeueable", "cancel-mode"],
+)
+def test_requeue_leaves_a_slurm_preemption_to_slurm(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    squeue_line: str,
+    preempt_mode: str,
+    slurm_requeues: bool,
+) -> None:
+    monkeypatch.setenv("PATH", str(fake_slurm_client(tmp_path, squeue_line, preempt_mode)))
+    r = requeue("42", 0, 3)
+    assert r.requeued and r.exit_code == 0
+    calls = (tmp_path / "scontrol.calls").read_text().splitlines()
+    if slurm_requeues:
+        assert "Slurm is preempting job 42" in r.message
+        assert "requeue 42" not in calls, "a second requeue would requeue the next run again"
+    else:
+        assert calls[-1] == "requeue 42" and "requeued job 42" in r.message
+
+
 def test_signal_handler_only_sets_a_flag() -> None:
     previous = signal.getsignal(signal.SIGUSR2)
     flag = PreemptionFlag(signal.SIGUSR2, check_every=4, device=torch.device("cpu"))

@@ -201,7 +201,7 @@ def test_plot_cli(reference_run: Path, tmp_path: Path) -> None:
     assert main([str(tmp_path / "nothing")]) == 2
 
 
-def test_submitit_job_runs_without_its_own_handler(
+def test_submitit_job_lets_the_trainer_handle_the_signal(
     data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import pickle
