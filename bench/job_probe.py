@@ -96,21 +96,27 @@ def sbatch_to_running() -> dict[str, float]:
     return {"sbatch_running_s": elapsed}
 
 
-def submit_to_training(config: str, overrides: list[str]) -> dict[str, float]:
-    overrides = [*overrides, "log_every=1"]  # the first train record follows the first step
-    wait_idle()
-    start = time.monotonic()
+def submit_training(config: str, overrides: list[str], *sbatch_args: str) -> tuple[str, Path, Path]:
+    """Submit jobs/train_ddp.sbatch: its id, its log and its metrics.jsonl (not there yet)."""
     log_dir = Path(os.environ["SLURMLAB_SHARED"], "logs")
     job = sh(
         "sbatch",
         "--parsable",
+        *sbatch_args,
         "-o",
         str(log_dir / "bench-%j.out"),
         "jobs/train_ddp.sbatch",
         *overrides,
         env={**os.environ, "CONFIG": config},
     ).split(";")[0]
-    log, metrics = log_dir / f"bench-{job}.out", metrics_path(config, overrides, job)
+    return job, log_dir / f"bench-{job}.out", metrics_path(config, overrides, job)
+
+
+def submit_to_training(config: str, overrides: list[str]) -> dict[str, float]:
+    overrides = [*overrides, "log_every=1"]  # the first train record follows the first step
+    wait_idle()
+    start = time.monotonic()
+    job, log, metrics = submit_training(config, overrides)
     ends: dict[str, float] = {}
     while len(ends) < len(PHASES):
         text = log.read_text(errors="replace") if log.exists() else ""
@@ -174,19 +180,9 @@ def preemption(config: str) -> dict[str, float]:
     victim has checkpointed (the trainer logs the signal after its save), until the urgent job
     runs, and from the urgent job's end until the requeued victim runs again."""
     wait_idle()
-    log_dir = Path(os.environ["SLURMLAB_SHARED"], "logs")
-    overrides = ["epochs=50", "log_every=1"]
-    victim = sh(
-        "sbatch",
-        "--parsable",
-        f"--nodes={node_count()}",
-        "-o",
-        str(log_dir / "bench-%j.out"),
-        "jobs/train_ddp.sbatch",
-        *overrides,
-        env={**os.environ, "CONFIG": config},
-    ).split(";")[0]
-    metrics, log = metrics_path(config, overrides, victim), log_dir / f"bench-{victim}.out"
+    victim, log, metrics = submit_training(
+        config, ["epochs=50", "log_every=1"], f"--nodes={node_count()}"
+    )
     wait(lambda: metrics.exists() and any(r.get("kind") == "train" for r in read_metrics(metrics)))
     start = time.monotonic()
     urgent = sh(

@@ -41,13 +41,26 @@ def _mix(*values: int) -> int:
 
 
 class _ShardedLoader:
-    """How many batches one rank's loader yields per epoch; the same rules for both loaders."""
+    """One rank's share of a dataset: how many batches it yields per epoch, and where and in
+    which memory layout they land; the same rules for both loaders."""
 
     def __init__(
-        self, n: int, *, batch_size: int, rank: int, world: int, train: bool, max_batches: int
+        self,
+        n: int,
+        *,
+        batch_size: int,
+        rank: int,
+        world: int,
+        device: torch.device,
+        seed: int,
+        train: bool,
+        channels_last: bool,
+        max_batches: int,
     ) -> None:
         self.n = n
         self.batch_size, self.rank, self.world, self.train = batch_size, rank, world, train
+        self.device, self.seed = device, seed
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if train:
             # Full global batches only (the partial last one is dropped): every rank runs the
             # same number of steps, so the DDP collectives stay matched.
@@ -97,14 +110,15 @@ class DeviceLoader(_ShardedLoader):
             batch_size=batch_size,
             rank=rank,
             world=world,
+            device=device,
+            seed=seed,
             train=train,
+            channels_last=channels_last,
             max_batches=max_batches,
         )
         self.x = torch.from_numpy(np.ascontiguousarray(x)).to(device)
         self.y = torch.from_numpy(np.ascontiguousarray(y)).to(device)
-        self.device, self.seed = device, seed
         self.augment = augment and train
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255.0
         self.std = torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255.0
         self.epoch = 0
@@ -212,12 +226,14 @@ class DataLoaderPath(_ShardedLoader):
             batch_size=batch_size,
             rank=rank,
             world=world,
+            device=device,
+            seed=seed,
             train=train,
+            channels_last=channels_last,
             max_batches=max_batches,
         )
         ds = CifarDataset(x, y, train, augment)
-        self.device, self.seed, self.num_workers = device, seed, num_workers
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.num_workers = num_workers
         self.generator = torch.Generator()
         common: dict[str, Any] = {
             "num_workers": num_workers,

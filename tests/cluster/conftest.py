@@ -227,6 +227,22 @@ class Cluster:
         return self.checkout / env_file()["SLURMLAB_HOST_DIR"] / self.project / "shared"
 
 
+DEMO_CONFIG = "jobs/configs/simple_cnn_synthetic.yaml"  # the CPU demo: quick on emulated GPUs
+
+
+def training_log(job: int) -> str:
+    """The log of a job started by submit_training."""
+    return f"{SHARED}/tests/logs/{job}.out"
+
+
+def submit_training(cluster: Cluster, sbatch_args: str = "", trainer_args: str = "") -> int:
+    """jobs/train_ddp.sbatch on the demo config, logging to training_log(job); not waited for."""
+    return cluster.submit(
+        f"--output={SHARED}/tests/logs/%j.out {sbatch_args} jobs/train_ddp.sbatch {trainer_args}",
+        env=f"CONFIG={DEMO_CONFIG}",
+    )
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     make("clean", timeout=300)

@@ -4,21 +4,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import SHARED, Cluster, make
-
-CONFIG = "jobs/configs/simple_cnn_synthetic.yaml"
-ENV = f"CONFIG={CONFIG}"
-
-
-def log_path(job: int) -> str:
-    return f"{SHARED}/tests/logs/{job}.out"
-
-
-def submit_training(cluster: Cluster, sbatch_args: str = "", trainer_args: str = "") -> int:
-    return cluster.submit(
-        f"--output={SHARED}/tests/logs/%j.out {sbatch_args} jobs/train_ddp.sbatch {trainer_args}",
-        env=ENV,
-    )
+from conftest import SHARED, Cluster, make, submit_training, training_log
 
 
 def controller_answers(cluster: Cluster) -> bool:
@@ -28,14 +14,14 @@ def controller_answers(cluster: Cluster) -> bool:
 def test_controller_restart_mid_job_loses_nothing(cluster: Cluster) -> None:
     job = submit_training(cluster, trainer_args="epochs=2")
     waiting = cluster.submit("--hold -N1 --wrap hostname")  # queued work must survive too
-    cluster.wait_log(log_path(job), r"Epoch: 0, Batch: 10,")
+    cluster.wait_log(training_log(job), r"Epoch: 0, Batch: 10,")
 
     cluster.dc("restart", "slurmctld")
     cluster.wait_for("the controller to answer again", lambda: controller_answers(cluster), 120)
 
     assert cluster.queued_state(waiting) == "PENDING"
     assert cluster.wait_done(job) == ["COMPLETED", "4", "0:0"]
-    log = cluster.login(f"cat {log_path(job)}")
+    log = cluster.login(f"cat {training_log(job)}")
     assert "restart 1" not in log, "the job must not have been requeued"
     assert "Final: epoch=2 " in log
     cluster.login(f"scancel {waiting}")
@@ -43,12 +29,12 @@ def test_controller_restart_mid_job_loses_nothing(cluster: Cluster) -> None:
 
 def test_preemption_signal_checkpoints_requeues_and_resumes(cluster: Cluster) -> None:
     job = submit_training(cluster, "--nodes=2", "epochs=3 checkpoint_every_steps=10")
-    cluster.wait_log(log_path(job), r"Epoch: 0, Batch: 20,")
+    cluster.wait_log(training_log(job), r"Epoch: 0, Batch: 20,")
     # What Slurm does before a time limit or a preemption (--signal=USR2@...): USR2 to every rank.
     cluster.login(f"scancel --signal=USR2 {job}")
 
     assert cluster.wait_done(job) == ["COMPLETED", "2", "0:0"]
-    log = cluster.login(f"cat {log_path(job)}")
+    log = cluster.login(f"cat {training_log(job)}")
     assert "Preemption signal received" in log
     assert f"job {job} (restart 1)" in log, "the job must have been requeued under its own id"
     resumed = re.search(r"Resumed from \S+ \(epoch (\d+), batch (\d+), step (\d+)\)", log)
@@ -61,11 +47,11 @@ def test_preemption_signal_checkpoints_requeues_and_resumes(cluster: Cluster) ->
 
 def test_requeue_cap_stops_with_a_clear_message(cluster: Cluster) -> None:
     job = submit_training(cluster, "--nodes=2", "epochs=3 max_requeues=0")
-    cluster.wait_log(log_path(job), r"Epoch: 0, Batch: 10,")
+    cluster.wait_log(training_log(job), r"Epoch: 0, Batch: 10,")
     cluster.login(f"scancel --signal=USR2 {job}")
 
     state, _, exit_code = cluster.wait_done(job)
-    log = cluster.login(f"cat {log_path(job)}")
+    log = cluster.login(f"cat {training_log(job)}")
     assert (state, exit_code) == ("FAILED", "75:0"), log[-2000:]
     assert re.search(r"max_requeues", log), log[-2000:]
     assert "Checkpoint saved: " in log
@@ -73,21 +59,21 @@ def test_requeue_cap_stops_with_a_clear_message(cluster: Cluster) -> None:
 
 def test_node_loss_requeues_and_resumes_from_the_last_checkpoint(cluster: Cluster) -> None:
     job = submit_training(cluster, trainer_args="epochs=3 checkpoint_every_steps=5")
-    cluster.wait_log(log_path(job), r"Checkpoint saved: .*ckpt_s0*(1[0-9]|[2-9][0-9])_")
+    cluster.wait_log(training_log(job), r"Checkpoint saved: .*ckpt_s0*(1[0-9]|[2-9][0-9])_")
     cluster.dc("stop", "-t", "2", "node3")
     try:
         cluster.wait_for(
             f"job {job} to be requeued after node3 was lost",
             lambda: (
                 cluster.login(f"sacct -X -n -P -j {job} -o Restarts").strip() == "1"
-                or "restart 1" in cluster.login(f"cat {log_path(job)}")
+                or "restart 1" in cluster.login(f"cat {training_log(job)}")
             ),
             180,
         )
     finally:
         cluster.dc("start", "node3")
     assert cluster.wait_done(job, timeout=900) == ["COMPLETED", "4", "0:0"]
-    log = cluster.login(f"cat {log_path(job)}")
+    log = cluster.login(f"cat {training_log(job)}")
     saved = [
         int(s)
         for s in re.findall(r"Checkpoint saved: \S+ckpt_s(\d+)_", log.split("(restart 1)")[0])
@@ -153,7 +139,7 @@ def test_crash_while_writing_a_checkpoint_resumes_from_the_previous_one(cluster:
     # The same run again: it resumes from the previous checkpoint and finishes.
     again = submit_training(cluster, "--nodes=2", args)
     assert cluster.wait_done(again) == ["COMPLETED", "2", "0:0"]
-    log = cluster.login(f"cat {log_path(again)}")
+    log = cluster.login(f"cat {training_log(again)}")
     resumed = re.search(r"Resumed from (\S+) \(epoch \d+, batch \d+, step (\d+)\)", log)
     assert resumed, log[-3000:]
     assert resumed.group(1) == f"{run_dir}/checkpoints/{previous}"

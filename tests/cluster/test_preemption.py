@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import SHARED, Cluster
-
-CONFIG = "jobs/configs/simple_cnn_synthetic.yaml"
+from conftest import DEMO_CONFIG, Cluster, submit_training, training_log
 
 
 def started_and_ended(cluster: Cluster, job: int | str) -> tuple[str, str]:
@@ -21,12 +19,9 @@ def started_and_ended(cluster: Cluster, job: int | str) -> tuple[str, str]:
 def test_urgent_job_preempts_a_training_job_which_resumes_from_its_checkpoint(
     cluster: Cluster,
 ) -> None:
-    log_path = f"{SHARED}/tests/logs/%j.out"
-    victim = cluster.submit(
-        f"--output={log_path} jobs/train_ddp.sbatch epochs=3 checkpoint_every_steps=10",
-        env=f"CONFIG={CONFIG}",
-    )  # all four nodes: the urgent job can only run by preempting it
-    log_path = log_path.replace("%j", str(victim))
+    # all four nodes (the job file's default): the urgent job can only run by preempting it
+    victim = submit_training(cluster, trainer_args="epochs=3 checkpoint_every_steps=10")
+    log_path = training_log(victim)
     cluster.wait_log(log_path, r"Epoch: 0, Batch: 20,")
 
     # As in README.md. It needs a GPU, which the victim holds on every node (a node's second
@@ -51,7 +46,7 @@ def test_urgent_job_preempts_a_training_job_which_resumes_from_its_checkpoint(
 
 def test_urgent_job_preempts_a_submitit_job_which_resumes_and_finishes(cluster: Cluster) -> None:
     out = cluster.login(
-        f"python tests/cluster/submitit_preempt.py --config {CONFIG} --nodes 4 --by urgent",
+        f"python tests/cluster/submitit_preempt.py --config {DEMO_CONFIG} --nodes 4 --by urgent",
         timeout=900,
     )
     urgent = re.search(r"^urgent job (\d+)$", out, re.M)
