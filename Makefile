@@ -6,17 +6,28 @@ SHELL := /bin/bash
 include .env
 export
 
-# Docker Compose v2 plugin if present, else the standalone v1 tool.
-COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
-GPUS ?= 0
-COMPOSE_FILES := -f docker-compose.yml $(if $(filter 1,$(GPUS)),-f docker-compose.gpu.yml)
-ifeq ($(GPUS),1)
-export SLURMLAB_GPU_MODE := nvidia
-endif
-DC := $(COMPOSE) $(COMPOSE_FILES)
 # This cluster's files on the host; its shared/ is the cluster's shared filesystem (see .env).
 CLUSTER_HOST_DIR := $(abspath $(SLURMLAB_HOST_DIR)/$(COMPOSE_PROJECT_NAME))
 export SHARED_HOST_DIR := $(CLUSTER_HOST_DIR)/shared
+
+# The cluster's shape: NODES x GPUS_PER_NODE, real GPUs when GPUS=1. Given on the command line,
+# else this cluster's shape as `make up` recorded it, else .env.
+export SHAPE_FILE := $(CLUSTER_HOST_DIR)/shape.env
+-include $(SHAPE_FILE)
+NODES ?= $(SLURMLAB_NODES)
+GPUS_PER_NODE ?= $(SLURMLAB_GPUS_PER_NODE)
+GPUS ?= 0
+export SLURMLAB_NODES := $(NODES)
+export SLURMLAB_GPUS_PER_NODE := $(GPUS_PER_NODE)
+ifeq ($(GPUS),1)
+export SLURMLAB_GPU_MODE := nvidia
+endif
+
+# Docker Compose v2 plugin if present, else the standalone v1 tool; real GPUs add the override
+# that scripts/up.sh writes for the shape.
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+export GPU_OVERRIDE := $(CLUSTER_HOST_DIR)/compose.gpus.yml
+DC := $(COMPOSE) -f docker-compose.yml $(if $(wildcard $(GPU_OVERRIDE)),-f $(GPU_OVERRIDE))
 
 VENV := .venv
 PYTEST_ARGS ?=
@@ -37,10 +48,17 @@ image: ## Build the cluster image (and debian:trixie-slim locally if no registry
 	@scripts/build-image.sh
 
 .PHONY: up
-up: image ## Start the cluster and wait until every node is idle with its GPU
+up: image ## Start the cluster (NODES=4 GPUS_PER_NODE=1 GPUS=0) and wait until every node is idle
 	@mkdir -p "$(SHARED_HOST_DIR)"  # by us, not by Docker as root
-	@$(DC) up -d --remove-orphans
-	@scripts/wait-ready.sh
+	@scripts/up.sh
+
+.PHONY: scale
+scale: ## Add or remove nodes of the running cluster (NODES=M); jobs and accounting are kept
+	@scripts/up.sh --scale
+
+.PHONY: config
+config: ## Print the compose configuration `make up` would start for the shape; changes nothing
+	@scripts/up.sh --config
 
 .PHONY: down
 down: ## Stop the cluster (state, accounting, secrets and /shared are kept)

@@ -3,8 +3,10 @@
     python -m bench.cluster_latency [--repeats 3]        (from the host: make bench-cluster)
 
 Measures, in one run: ``make up`` from clean volumes to every node idle (images already built),
-``make up`` after ``make down`` (state kept), sbatch -> RUNNING, submit -> every rank inside the
-training loop (split into phases), job end -> COMPLETED in sacct, and the imports every rank pays
+and its growth with the node count (``make up NODES=N``, N = 1, 4, 8, 16), the memory an idle
+node takes, ``make scale`` up and down, ``make up`` after ``make down`` (state kept),
+sbatch -> RUNNING, submit -> every rank inside the training loop (split into phases), job end ->
+COMPLETED in sacct, and the imports every rank pays
 before it trains; the job figures are timed on the login node by bench/job_probe.py. Reports the
 image size too. The cold image build time is printed by ``make image`` itself
 (``== image ... ready (N s)``).
@@ -42,8 +44,12 @@ def compose() -> list[str]:
     return ["docker", "compose"] if ok else ["docker-compose"]
 
 
-def make(target: str) -> None:
-    sh(["make", target, f"COMPOSE_PROJECT_NAME={PROJECT}"], timeout=1800)
+def make(target: str, *settings: str) -> None:
+    sh(["make", target, *settings, f"COMPOSE_PROJECT_NAME={PROJECT}"], timeout=1800)
+
+
+def clean() -> None:
+    make("clean")
 
 
 def login(script: str, check: bool = True) -> str:
@@ -96,6 +102,12 @@ def image_size_gb() -> float:
 
 ROWS = {  # key -> label, in print order; indented rows break down the row above them
     "up_ready_s": "make up -> all nodes idle (clean)",
+    "up_1_s": "  NODES=1",
+    "up_8_s": "  NODES=8",
+    "up_16_s": "  NODES=16",
+    "node_idle_mib": "memory of an idle node (MiB, N=16)",
+    "scale_up_s": "make scale NODES=4 -> 8, ready",
+    "scale_down_s": "make scale NODES=8 -> 4, ready",
     "restart_ready_s": "make up after make down",
     "sbatch_running_s": "sbatch -> RUNNING (all nodes)",
     "submit_to_training_s": "submit -> all ranks training",
@@ -114,6 +126,38 @@ ROWS = {  # key -> label, in print order; indented rows break down the row above
 }
 
 
+def node_memory_mib() -> list[float]:
+    """Memory in use by each node container of the bench cluster (docker stats)."""
+    ids = [
+        line.split()[0]
+        for line in sh(
+            ["docker", "ps", "--filter", f"label=com.docker.compose.project={PROJECT}",
+             "--format", '{{.ID}} {{.Label "com.docker.compose.service"}}'],
+        ).splitlines()
+        if line.split()[1].startswith("node")
+    ]  # fmt: skip
+    stats = sh(["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", *ids])
+    units = {"KiB": 1 / 1024, "MiB": 1.0, "GiB": 1024.0}
+    used = [line.split("/")[0].strip() for line in stats.splitlines()]
+    return [float(u[:-3]) * units[u[-3:]] for u in used]
+
+
+def growth_curve() -> dict[str, float]:
+    """make up from clean volumes for 1, 8 and 16 nodes (4 is the default, timed apart), the
+    memory of an idle node, and make scale both ways."""
+    out: dict[str, float] = {}
+    for nodes in (1, 8, 16):
+        clean()
+        out[f"up_{nodes}_s"] = timed(lambda n=nodes: make("up", f"NODES={n}"))
+    time.sleep(5)  # let the 16 nodes settle before reading their memory
+    out["node_idle_mib"] = statistics.median(node_memory_mib())
+    clean()
+    make("up", "NODES=4")
+    out["scale_up_s"] = timed(lambda: make("scale", "NODES=8"))
+    out["scale_down_s"] = timed(lambda: make("scale", "NODES=4"))
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
@@ -121,7 +165,7 @@ def main() -> int:
     args = parser.parse_args()
 
     make("image")
-    sh(["make", "clean", f"COMPOSE_PROJECT_NAME={PROJECT}"])
+    clean()
     results: dict[str, list[float]] = {k: [] for k in ROWS}
 
     def add(measured: dict[str, float]) -> None:
@@ -141,12 +185,15 @@ def main() -> int:
             add(probe("preempt", CONFIG))
         make("down")
         add({"restart_ready_s": timed(lambda: make("up"))})
+        for _ in range(args.repeats):
+            add(growth_curve())
     finally:
-        sh(["make", "clean", f"COMPOSE_PROJECT_NAME={PROJECT}"])
+        clean()
 
     print(f"{'cluster latency':<36} {'median':>8} {'min':>8} {'max':>8}   target")
     for key, label in ROWS.items():
         values = results[key]
+        unit = "M" if key.endswith("_mib") else "s"
         target = TARGETS.get(key)
         verdict = (
             ""
@@ -154,8 +201,8 @@ def main() -> int:
             else ("PASS" if statistics.median(values) <= target else "MISS") + f" (<= {target:g} s)"
         )
         print(
-            f"{label:<36} {statistics.median(values):>7.1f}s {min(values):>7.1f}s "
-            f"{max(values):>7.1f}s   {verdict}"
+            f"{label:<36} {statistics.median(values):>7.1f}{unit} {min(values):>7.1f}{unit} "
+            f"{max(values):>7.1f}{unit}   {verdict}"
         )
     size = image_size_gb()
     print(f"{'image size':<36} {size:>7.2f} GB")

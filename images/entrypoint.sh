@@ -207,19 +207,27 @@ run_slurmctld() {
     exec slurmctld -D
 }
 
+# This node's share of the cluster's shape (SLURMLAB_GPUS_PER_NODE, .env; `make up GPUS_PER_NODE=G`).
+gpus_per_node() {
+    local g=${SLURMLAB_GPUS_PER_NODE:-1}
+    [[ ${g} =~ ^[1-9][0-9]*$ ]] || die "SLURMLAB_GPUS_PER_NODE=${g}: expected a whole number of GPUs, 1 or more"
+    echo "${g}"
+}
+
 # gres.conf names the GPU device files this node really has. With real GPUs the container runtime
-# provides /dev/nvidiaN; without them (SLURMLAB_GPU_MODE=emulated) we create a character device with
-# NVIDIA's major number so Slurm schedules it and sets CUDA_VISIBLE_DEVICES exactly as on a real node,
-# while CUDA itself finds no GPU and jobs fall back to CPU.
+# provides /dev/nvidiaN; without them (SLURMLAB_GPU_MODE=emulated) we create G character devices
+# with NVIDIA's major number so Slurm schedules them and sets CUDA_VISIBLE_DEVICES exactly as on a
+# real node, while CUDA itself finds no GPU and jobs fall back to CPU.
 write_gres_conf() {
-    local mode=${SLURMLAB_GPU_MODE:-emulated} devices=()
+    local mode=${SLURMLAB_GPU_MODE:-emulated} gpus devices=() i
+    gpus=$(gpus_per_node)
     shopt -s nullglob
     devices=(/dev/nvidia[0-9]*)
-    if (( ${#devices[@]} == 0 )); then
-        [[ ${mode} == emulated ]] || die "SLURMLAB_GPU_MODE=${mode} but no /dev/nvidiaN device is visible; check the NVIDIA container runtime or use SLURMLAB_GPU_MODE=emulated"
-        mknod -m 0666 /dev/nvidia0 c 195 0
-        devices=(/dev/nvidia0)
+    if [[ ${mode} == emulated ]]; then
+        for (( i = ${#devices[@]}; i < gpus; i++ )); do mknod -m 0666 "/dev/nvidia${i}" c 195 "${i}"; done
+        devices=(/dev/nvidia[0-9]*)
     fi
+    (( ${#devices[@]} == gpus )) || die "SLURMLAB_GPU_MODE=${mode}: this node sees ${#devices[@]} GPU device(s) (${devices[*]:-none}) but the cluster's shape gives each node ${gpus}; check the NVIDIA container runtime, choose GPUS_PER_NODE=${#devices[@]}, or use emulated GPUs (GPUS=0)"
     {
         echo "# Written by the slurmlab entrypoint for $(hostname) (GPU mode: ${mode})."
         local dev
@@ -227,23 +235,40 @@ write_gres_conf() {
     } >"${SLURM_ETC}/gres.conf"
 }
 
-# Docker may give a restarted node container another address (the freed one goes to whichever
-# container starts first). slurmctld resolves a static node's NodeAddr once and caches the address
-# until the NodeAddr string changes (read_config.c slurm_conf_get_addr/slurm_reset_alias; 24.11
-# ignores the old NoAddrCache switch), so it would keep talking to whichever container took the
-# old address. Tell the controller this node's address once it answers. A controller restart
-# re-reads NodeAddr from slurm.conf and resolves the name afresh, so nothing stale survives it.
-announce_node_address() {
-    local node addr
+# Nodes are dynamic (slurmd -Z): each registers itself with the controller, which adds it to every
+# partition (Nodes=ALL in slurm.conf). So the node count lives only in how many node containers
+# run (`make up NODES=N`, `make scale NODES=M`), never in slurm.conf, and nodes come and go without
+# a controller restart. What a node offers is fixed here: per GPU, two CPUs and 2 GiB, whatever the
+# host has (SlurmdParameters=config_overrides lets 8 GPUs' worth of CPUs run on a 2-core host: the
+# nodes share the host's cores anyway). Each registration records the node's current address, so
+# a node that comes back on another Docker address is reached there.
+node_definition() {
+    local gpus
+    gpus=$(gpus_per_node)
+    echo "CPUs=$(( 2 * gpus )) RealMemory=$(( 2048 * gpus )) Gres=gpu:${gpus}"
+}
+
+# Slurm keeps dynamic nodes in the order they first registered (a new node takes the lowest free
+# slot of its node table) and lists, allocates and numbers them that way: nodes that registered
+# in a race would read node[3,1,4,2] in squeue and sacct, and a 2-node job would land on whichever
+# came first. So a node that is new to the controller registers only after its predecessor
+# (node<k-1>) is known, which keeps node1..nodeN in order at the cost of a fraction of a second
+# per node. The wait is bounded: a lone `docker compose up node7` still joins.
+readonly REGISTER_IN_ORDER_WAIT_S=60
+register_in_order() {
+    local node index previous deadline
     node=$(hostname)
-    addr=$(hostname -i | cut -d' ' -f1)
-    (
-        for _ in $(seq 1 120); do
-            scontrol update NodeName="${node}" NodeAddr="${addr}" >/dev/null 2>&1 && exit 0
-            sleep 1
-        done
-        log "warning: could not tell the controller that ${node} is at ${addr}"
-    ) &
+    index=${node##*[!0-9]}
+    [[ -n ${index} ]] && (( index > 1 )) || return 0
+    previous="${node%"${index}"}$(( index - 1 ))"
+    deadline=$(( SECONDS + REGISTER_IN_ORDER_WAIT_S ))
+    until scontrol show node "${node}" >/dev/null 2>&1 || scontrol show node "${previous}" >/dev/null 2>&1; do
+        if (( SECONDS > deadline )); then
+            log "${previous} has not joined after ${REGISTER_IN_ORDER_WAIT_S} s: ${node} registers without it"
+            return
+        fi
+        sleep 0.2
+    done
 }
 
 # A node that died while running a job may still be owed that job's TERMINATE_JOB: slurmctld
@@ -286,8 +311,8 @@ run_slurmd() {
     write_gres_conf
     install -d -m 0755 /var/spool/slurmd
     hold_rejoining_node
-    announce_node_address
-    exec slurmd -D -N "$(hostname)"
+    register_in_order
+    exec slurmd -D -Z --conf "$(node_definition)" -N "$(hostname)"
 }
 
 case ${1:-} in

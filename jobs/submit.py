@@ -3,6 +3,7 @@
 
     python jobs/submit.py                                  # 4-node DDP run of the default config
     python jobs/submit.py --nodes 2 model=simple_cnn epochs=3
+    python jobs/submit.py --nodes 2 --gpus-per-node 2      # 2 nodes x 2 GPUs: 4 ranks
     python jobs/submit.py --sweep lr=0.05,0.1,0.2 --config jobs/configs/simple_cnn_synthetic.yaml
 
 Run it from the project checkout on a login node (in slurmlab: `make shell`). The submitit folder
@@ -47,7 +48,7 @@ def slurm_parameters(
     params: dict[str, Any] = {
         "job_name": name,
         "nodes": nodes,
-        "ntasks_per_node": 1,
+        "ntasks_per_node": gpus_per_node,  # one rank per GPU; each takes GPU LOCAL_RANK
         "gpus_per_node": gpus_per_node,
         "cpus_per_task": 1,
         "time": timeout_min,

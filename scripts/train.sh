@@ -28,6 +28,18 @@ if [[ -z ${config} ]]; then
 fi
 [[ -f ${config} ]] || { echo "error: config ${config} not found (CONFIG=jobs/configs/<name>.yaml)" >&2; exit 2; }
 
+# The whole cluster, whatever its shape (make up NODES=N GPUS_PER_NODE=G): N nodes, and G ranks
+# per node, as the job file asks for them. A file that gives each task one GPU (--gpus-per-task,
+# train_ddp.sbatch) gets G tasks per node; one that runs a launcher per node (train_torchrun.sbatch)
+# gets G GPUs per node.
+nodes=${SLURMLAB_NODES:?run through make} gpus=${SLURMLAB_GPUS_PER_NODE:?run through make}
+shape=(--nodes="${nodes}")
+if grep -q '^#SBATCH --gpus-per-task' "${job_file}"; then
+    shape+=(--ntasks-per-node="${gpus}")
+else
+    shape+=(--gpus-per-node="${gpus}")
+fi
+
 # Reject a bad config or override here, before anything is submitted.
 on_login python -m trainer --config "${config}" --check "$@"
 
@@ -35,9 +47,9 @@ on_login python -m trainer --config "${config}" --check "$@"
 # shell on a GPU box) is not writable by the job user, and the host can read it there.
 shared=${SLURMLAB_SHARED:?see .env}
 job=$(on_login env CONFIG="${config}" sbatch --parsable --output="${shared}/logs/%x-%j.out" \
-    "${job_file}" "$@")
+    "${shape[@]}" "${job_file}" "$@")
 job=${job%%;*}
-echo "== submitted job ${job}: ${job_file} with ${config} $*"
+echo "== submitted job ${job}: ${job_file} ${shape[*]} with ${config} $*"
 stdout=$(on_login scontrol show job "${job}" | sed -n 's/^ *StdOut=//p')
 status=0
 on_login scripts/follow-job.sh "${job}" || status=$?

@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
-# Wait until every node of the default partition is idle and advertises its GPU; print sinfo.
+# Wait until the cluster has exactly its shape: node1..nodeN (SLURMLAB_NODES), each up with
+# gres/gpu:G (SLURMLAB_GPUS_PER_NODE) and taking jobs (idle, or busy on a running cluster that was
+# rescaled), and no other node; print sinfo.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "$0")/lib.sh"
 
+nodes=${SLURMLAB_NODES:?see .env}
+gpus=${SLURMLAB_GPUS_PER_NODE:?see .env}
+# One line per node: name, state, GRES. A trailing * (not responding) or drain never matches.
+expected=$(for (( i = 1; i <= nodes; i++ )); do echo "node${i} ready gpu:${gpus}"; done)
 timeout_s=${WAIT_READY_TIMEOUT:-180}
 started=${SECONDS}
 while :; do
-    # One line per node: name, state, GRES (sinfo lists a node once per partition: sort -u).
-    # The node count is Slurm's own (slurm.conf).
-    if nodes=$(on_login sinfo -h -N -o '%N %t %G' 2>/dev/null | sort -u) && [[ -n ${nodes} ]]; then
-        total=$(wc -l <<<"${nodes}")
-        ready=$(awk '$2 == "idle" && $3 ~ /gpu:1/' <<<"${nodes}" | wc -l)
-        if (( ready == total )); then
-            echo "== cluster ready: ${ready} nodes idle with a GPU ($((SECONDS - started)) s)"
-            on_login sinfo -N -o '%N %P %t %G %c %m'
-            exit 0
-        fi
+    # sinfo lists a node once per partition: sort -u.
+    if current=$(on_login sinfo -h -N -o '%N %t %G' 2>/dev/null | sort -uV) \
+        && [[ $(sed -E 's/ (idle|mix|alloc|comp) / ready /' <<<"${current}") == "${expected}" ]]; then
+        echo "== cluster ready: ${nodes} nodes up with ${gpus} GPU(s) each ($((SECONDS - started)) s)"
+        on_login sinfo -N -o '%N %P %t %G %c %m'
+        exit 0
     fi
     if (( SECONDS - started > timeout_s )); then
         echo "error: the cluster is not ready after ${timeout_s} s. Node states:" >&2

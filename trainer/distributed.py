@@ -390,6 +390,17 @@ def _gpu_identity(device: torch.device) -> str:
     return f"{visible}:{device.index}:{getattr(props, 'pci_bus_id', '')}"
 
 
+def slurm_gpu(topo: Topology) -> str:
+    """The GPU this rank uses, as the node numbers it ("-" when none is visible).
+
+    Slurm gives a task its GPUs in CUDA_VISIBLE_DEVICES (one with --gpus-per-task=1, the node's
+    all with --gpus-per-node); select_device takes LOCAL_RANK's share of them. Readable without
+    CUDA, so emulated GPUs show the placement too.
+    """
+    visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v]
+    return visible[topo.local_rank % len(visible)] if visible else "-"
+
+
 def decide_backend(requested: str, ranks: list[tuple[str, str]]) -> tuple[str, str]:
     """Choose the backend from every rank's (hostname, GPU identity or "").
 
@@ -467,11 +478,18 @@ def init_distributed(
         ) from exc
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     store = dist.PrefixStore(f"slurmlab/{attempt}/", base)
-    store.set(f"rank/{topo.rank}", f"{socket.gethostname()}|{_gpu_identity(device)}")
+    store.set(
+        f"rank/{topo.rank}", f"{slurm_gpu(topo)}|{socket.gethostname()}|{_gpu_identity(device)}"
+    )
     if topo.is_main:
         keys = [f"rank/{r}" for r in range(topo.world_size)]
         _wait_keys(store, keys, timeout, "all ranks to join")
-        ranks = [tuple(store.get(k).decode().split("|", 1)) for k in keys]
+        published = [store.get(k).decode().split("|", 2) for k in keys]
+        log.info(
+            "Rank placement: %s",
+            " ".join(f"rank{r}={host}/gpu{gpu}" for r, (gpu, host, _) in enumerate(published)),
+        )
+        ranks = [(host, identity) for _, host, identity in published]
         try:
             backend, reason = decide_backend(requested_backend, ranks)  # type: ignore[arg-type]
             store.set("backend", f"ok|{backend}|{reason}")

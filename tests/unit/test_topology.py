@@ -11,6 +11,7 @@ from trainer.distributed import (
     derive_port,
     expand_counts,
     expand_hostlist,
+    slurm_gpu,
     topology_from_env,
     validate_topology,
 )
@@ -135,6 +136,22 @@ def test_slurm_env() -> None:
     assert t.master_addr == "gpu03"  # first host of the nodelist
     assert t.master_port == 20000 + 4242
     assert t.requeue_id == "4242" and t.under_slurm
+
+
+@pytest.mark.parametrize(
+    ("visible", "local_rank", "expected"),
+    [
+        ("1", "1", "1"),  # --gpus-per-task=1: each task sees only its own GPU
+        ("0,1", "1", "1"),  # --gpus-per-node=2 (torchrun, submitit): LOCAL_RANK picks
+        ("4,5,6,7", "2", "6"),
+        ("", "0", "-"),  # no GPU given
+    ],
+)
+def test_slurm_gpu_is_the_nodes_number_of_the_ranks_gpu(
+    monkeypatch: pytest.MonkeyPatch, visible: str, local_rank: str, expected: str
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert slurm_gpu(topology_from_env(slurm_env(SLURM_LOCALID=local_rank))) == expected
 
 
 def test_slurm_master_addr_and_port_from_env_win() -> None:
