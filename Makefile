@@ -87,8 +87,8 @@ shell: ## Open a shell on the controller (login node) as the job user
 ## ---- jobs ------------------------------------------------------------------------------
 
 .PHONY: train
-train: up ## Run the 4-node DDP training job through sbatch and follow it to the end
-	@scripts/train.sh $(ARGS)
+train: up ## Run the DDP training job on every node and GPU through sbatch and follow it to the end
+	@scripts/train.sh --whole-cluster $(ARGS)
 
 .PHONY: submit
 submit: up ## Submit a job file (JOB=jobs/....sbatch ARGS="key=value ...") and follow it

@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # `make train` / `make submit`: check the config, submit a job file as the job user from the
 # controller, follow it to the end and say where its results are.
-#   scripts/train.sh [--job jobs/X.sbatch] [--config jobs/configs/Y.yaml] [key=value ...]
+#   scripts/train.sh [--job jobs/X.sbatch] [--config jobs/configs/Y.yaml] [--whole-cluster] [key=value ...]
+# --whole-cluster (make train): run on every node and GPU of the cluster, whatever its shape;
+# otherwise (make submit) the job file's own #SBATCH lines decide.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "$0")/lib.sh"
 
 job_file=jobs/train_ddp.sbatch
 config=${CONFIG:-}
+whole_cluster=0
 while (( $# )); do
     case $1 in
         --job) job_file=$2; shift 2 ;;
         --config) config=$2; shift 2 ;;
+        --whole-cluster) whole_cluster=1; shift ;;
         *) break ;;
     esac
 done
@@ -28,16 +32,12 @@ if [[ -z ${config} ]]; then
 fi
 [[ -f ${config} ]] || { echo "error: config ${config} not found (CONFIG=jobs/configs/<name>.yaml)" >&2; exit 2; }
 
-# The whole cluster, whatever its shape (make up NODES=N GPUS_PER_NODE=G): N nodes, and G ranks
-# per node, as the job file asks for them. A file that gives each task one GPU (--gpus-per-task,
-# train_ddp.sbatch) gets G tasks per node; one that runs a launcher per node (train_torchrun.sbatch)
-# gets G GPUs per node.
-nodes=${SLURMLAB_NODES:?run through make} gpus=${SLURMLAB_GPUS_PER_NODE:?run through make}
-shape=(--nodes="${nodes}")
-if grep -q '^#SBATCH --gpus-per-task' "${job_file}"; then
-    shape+=(--ntasks-per-node="${gpus}")
-else
-    shape+=(--gpus-per-node="${gpus}")
+# make train: the whole cluster, whatever its shape (make up NODES=N GPUS_PER_NODE=G): N nodes
+# and one task per GPU, the layout of jobs/train_ddp.sbatch (--gpus-per-task=1).
+shape=()
+if (( whole_cluster )); then
+    shape=(--nodes="${SLURMLAB_NODES:?run through make}"
+           --ntasks-per-node="${SLURMLAB_GPUS_PER_NODE:?run through make}")
 fi
 
 # Reject a bad config or override here, before anything is submitted.
@@ -49,7 +49,7 @@ shared=${SLURMLAB_SHARED:?see .env}
 job=$(on_login env CONFIG="${config}" sbatch --parsable --output="${shared}/logs/%x-%j.out" \
     "${shape[@]}" "${job_file}" "$@")
 job=${job%%;*}
-echo "== submitted job ${job}: ${job_file} ${shape[*]} with ${config} $*"
+echo "== submitted job ${job}: ${job_file}${shape[*]:+ ${shape[*]}} with ${config} $*"
 stdout=$(on_login scontrol show job "${job}" | sed -n 's/^ *StdOut=//p')
 status=0
 on_login scripts/follow-job.sh "${job}" || status=$?
