@@ -35,8 +35,7 @@ compose_files() {
 
 # ---- the shape asked for: checked before anything starts or stops --------------------------
 
-mapfile -t node_services < <(compose_files config --services | grep -E '^node[0-9]+$' | sort -V)
-max_nodes=${#node_services[@]}
+max_nodes=$(compose_files config --services | grep -cE '^node[0-9]+$')
 if ! [[ ${nodes} =~ ^[0-9]+$ ]] || (( nodes < 1 || nodes > max_nodes )); then
     fail "NODES=${nodes}: a cluster has 1 to ${max_nodes} nodes (the node services in docker-compose.yml)"
 fi
@@ -72,10 +71,12 @@ for (( i = 1; i <= nodes; i++ )); do target+=("node${i}"); done
 
 # ---- what to remove: nodes beyond the shape, and every node when the GPUs per node change ----
 
-# Node containers of this project that exist (running or not), and the nodes Slurm knows.
-node_containers() {
+# Node containers of this project beyond the shape (running or not), and the nodes Slurm knows.
+extra_node_containers() {
+    local name
     docker ps -a --filter "label=com.docker.compose.project=${COMPOSE_PROJECT_NAME}" \
-        --format '{{.Label "com.docker.compose.service"}}' | grep -E '^node[0-9]+$' || true
+        --format '{{.Label "com.docker.compose.service"}}' | { grep -E '^node[0-9]+$' || true; } \
+        | while read -r name; do (( ${name#node} <= nodes )) || echo "${name}"; done
 }
 slurm_nodes() { on_login sinfo -h -N -o '%N %G' | sort -u; }  # once per partition: sort -u
 
@@ -84,9 +85,7 @@ nodes_to_remove() {
     while read -r name gres; do
         if (( ${name#node} > nodes )) || [[ ${gres} != "gpu:${gpus}" ]]; then echo "${name}"; fi
     done < <(slurm_nodes)
-    while read -r name; do
-        [[ -z ${name} ]] || (( ${name#node} <= nodes )) || echo "${name}"
-    done < <(node_containers)
+    extra_node_containers
 }
 
 # Drain, requeue what runs there, delete from Slurm, remove the containers. Refuses, before
@@ -172,7 +171,7 @@ fi
 reshaping=0
 if [[ -n ${recorded_nodes} && ( ${recorded_nodes} != "${nodes}" || ${recorded_gpus} != "${gpus}" ) ]]; then
     reshaping=1
-elif [[ -n $(node_containers | awk -v n="${nodes}" '{ if (substr($0, 5) + 0 > n) print }') ]]; then
+elif [[ -n $(extra_node_containers) ]]; then
     reshaping=1
 fi
 

@@ -63,31 +63,27 @@ def test_two_nodes_with_two_gpus_each(cluster: Cluster) -> None:
     ]
 
 
-def test_ddp_file_runs_one_rank_per_gpu_on_a_two_by_two_cluster(cluster: Cluster) -> None:
-    """The README's command for this shape: the job file asks one GPU per task; the shape is
-    given on the command line."""
+@pytest.mark.parametrize(
+    ("job_file", "shape", "launcher"),
+    [
+        # The README's commands for this shape: the job file asks one GPU per task, or runs one
+        # torchrun per node; the shape is given on the command line.
+        ("jobs/train_ddp.sbatch", "--nodes=2 --ntasks-per-node=2", "slurm"),
+        ("jobs/train_torchrun.sbatch", "--nodes=2 --gpus-per-node=2", "torchrun"),
+    ],
+    ids=["srun-rank-per-task", "torchrun-per-node"],
+)
+def test_job_files_run_one_rank_per_gpu_on_a_two_by_two_cluster(
+    cluster: Cluster, job_file: str, shape: str, launcher: str
+) -> None:
     job, rc = cluster.sbatch(
-        f"--output={SHARED}/tests/logs/%j.out --nodes=2 --ntasks-per-node=2 "
-        f"jobs/train_ddp.sbatch {QUICK}",
+        f"--output={SHARED}/tests/logs/%j.out {shape} {job_file} {QUICK}",
         env=f"CONFIG={DEMO_CONFIG}",
     )
     log = cluster.login(f"cat {training_log(job)}")
     assert rc == 0, log[-3000:]
     assert cluster.sacct(job) == ["COMPLETED", "2", "0:0"]
-    assert "launcher=slurm" in log
-    assert_one_gpu_per_rank(log, nodes=2, gpus=2)
-
-
-def test_torchrun_file_starts_one_rank_per_gpu_on_each_node(cluster: Cluster) -> None:
-    job, rc = cluster.sbatch(
-        f"--output={SHARED}/tests/logs/%j.out --nodes=2 --gpus-per-node=2 "
-        f"jobs/train_torchrun.sbatch {QUICK}",
-        env=f"CONFIG={DEMO_CONFIG}",
-    )
-    log = cluster.login(f"cat {training_log(job)}")
-    assert rc == 0, log[-3000:]
-    assert cluster.sacct(job) == ["COMPLETED", "2", "0:0"]
-    assert "launcher=torchrun" in log
+    assert f"launcher={launcher}" in log
     assert_one_gpu_per_rank(log, nodes=2, gpus=2)
 
 
