@@ -391,14 +391,18 @@ def _gpu_identity(device: torch.device) -> str:
 
 
 def slurm_gpu(topo: Topology) -> str:
-    """The GPU this rank uses, as the node numbers it ("-" when none is visible).
+    """The GPU this rank uses, as the node numbers it ("-" when none is visible), followed by
+    every GPU the rank can see when that is more than its own: ``1`` or ``1(0,1)``.
 
-    Slurm gives a task its GPUs in CUDA_VISIBLE_DEVICES (one with --gpus-per-task=1, the node's
-    all with --gpus-per-node); select_device takes LOCAL_RANK's share of them. Readable without
-    CUDA, so emulated GPUs show the placement too.
+    Slurm gives a task its GPUs in CUDA_VISIBLE_DEVICES (only its own with --gpus-per-task=1,
+    the node's all with --gpus-per-node); select_device takes LOCAL_RANK's share of them.
+    Readable without CUDA, so emulated GPUs show the placement too.
     """
     visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v]
-    return visible[topo.local_rank % len(visible)] if visible else "-"
+    if not visible:
+        return "-"
+    own = visible[topo.local_rank % len(visible)]
+    return own if len(visible) == 1 else f"{own}({','.join(visible)})"
 
 
 def decide_backend(requested: str, ranks: list[tuple[str, str]]) -> tuple[str, str]:

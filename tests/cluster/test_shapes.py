@@ -36,15 +36,21 @@ def nodes_and_gres(cluster: Cluster) -> list[str]:
     return sorted(lines, key=lambda line: int(line.split()[0].removeprefix("node")))
 
 
-def placement(log: str) -> list[tuple[str, str]]:
-    """(node, GPU) of every rank, from the trainer's "Rank placement" line."""
+def placement(log: str) -> list[tuple[str, str, str]]:
+    """(node, GPU, the GPUs it sees when more than its own) of every rank, from the trainer's
+    "Rank placement" line (rank1=node1/gpu1 or rank1=node1/gpu1(0,1))."""
     match = re.search(r"^Rank placement: (.*)$", log, re.M)
     assert match, log[-3000:]
-    return re.findall(r"rank\d+=(\w+)/gpu(\w+)", match.group(1))
+    return re.findall(r"rank\d+=(\w+)/gpu(\w+)(?:\(([\d,]+)\))?", match.group(1))
 
 
-def assert_one_gpu_per_rank(log: str, nodes: int, gpus: int) -> None:
-    ranks = placement(log)
+def assert_one_gpu_per_rank(log: str, nodes: int, gpus: int, sees_only_its_own: bool) -> None:
+    """One distinct GPU per rank, G ranks on each node; with --gpus-per-task=1 Slurm shows each
+    task only its own GPU, with --gpus-per-node every rank sees the node's G."""
+    seen = placement(log)
+    ranks = [(node, gpu) for node, gpu, _ in seen]
+    visible = {others for _, _, others in seen}
+    assert visible == ({""} if sees_only_its_own else {",".join(map(str, range(gpus)))}), seen
     assert len(ranks) == nodes * gpus, ranks
     assert len(set(ranks)) == len(ranks), f"two ranks share a GPU: {ranks}"
     assert Counter(node for node, _ in ranks) == {f"node{k}": gpus for k in range(1, nodes + 1)}
@@ -64,17 +70,17 @@ def test_two_nodes_with_two_gpus_each(cluster: Cluster) -> None:
 
 
 @pytest.mark.parametrize(
-    ("job_file", "shape", "launcher"),
+    ("job_file", "shape", "launcher", "own_gpu_only"),
     [
         # The README's commands for this shape: the job file asks one GPU per task, or runs one
         # torchrun per node; the shape is given on the command line.
-        ("jobs/train_ddp.sbatch", "--nodes=2 --ntasks-per-node=2", "slurm"),
-        ("jobs/train_torchrun.sbatch", "--nodes=2 --gpus-per-node=2", "torchrun"),
+        ("jobs/train_ddp.sbatch", "--nodes=2 --ntasks-per-node=2", "slurm", True),
+        ("jobs/train_torchrun.sbatch", "--nodes=2 --gpus-per-node=2", "torchrun", False),
     ],
     ids=["srun-rank-per-task", "torchrun-per-node"],
 )
 def test_job_files_run_one_rank_per_gpu_on_a_two_by_two_cluster(
-    cluster: Cluster, job_file: str, shape: str, launcher: str
+    cluster: Cluster, job_file: str, shape: str, launcher: str, own_gpu_only: bool
 ) -> None:
     job, rc = cluster.sbatch(
         f"--output={SHARED}/tests/logs/%j.out {shape} {job_file} {QUICK}",
@@ -84,7 +90,7 @@ def test_job_files_run_one_rank_per_gpu_on_a_two_by_two_cluster(
     assert rc == 0, log[-3000:]
     assert cluster.sacct(job) == ["COMPLETED", "2", "0:0"]
     assert f"launcher={launcher}" in log
-    assert_one_gpu_per_rank(log, nodes=2, gpus=2)
+    assert_one_gpu_per_rank(log, nodes=2, gpus=2, sees_only_its_own=own_gpu_only)
 
 
 def test_submitit_runs_one_task_per_gpu(cluster: Cluster) -> None:
@@ -96,7 +102,8 @@ def test_submitit_runs_one_task_per_gpu(cluster: Cluster) -> None:
     assert re.search(r"job \d+: 4 ranks returned, COMPLETED", out), out
     rank0_log = re.search(r"output: (\S+)", out)
     assert rank0_log, out
-    assert_one_gpu_per_rank(cluster.login(f"cat {rank0_log.group(1)}"), nodes=2, gpus=2)
+    log = cluster.login(f"cat {rank0_log.group(1)}")
+    assert_one_gpu_per_rank(log, nodes=2, gpus=2, sees_only_its_own=False)  # gpus_per_node
 
 
 def test_six_nodes_wider_than_the_default(cluster: Cluster) -> None:
@@ -111,7 +118,8 @@ def test_six_nodes_wider_than_the_default(cluster: Cluster) -> None:
     assert submitted, proc.stdout
     job = int(submitted.group(1))
     assert cluster.sacct(job) == ["COMPLETED", "6", "0:0"]
-    assert_one_gpu_per_rank(cluster.login(f"cat {SHARED}/logs/ddp-train-{job}.out"), 6, 1)
+    log = cluster.login(f"cat {SHARED}/logs/ddp-train-{job}.out")
+    assert_one_gpu_per_rank(log, nodes=6, gpus=1, sees_only_its_own=True)
     # Dynamic nodes keep the order they joined in; they join in order, so lists read node[1-6].
     assert cluster.login(f"sacct -X -n -P -j {job} -o NodeList").strip() == "node[1-6]"
 

@@ -142,8 +142,8 @@ def test_slurm_env() -> None:
     ("visible", "local_rank", "expected"),
     [
         ("1", "1", "1"),  # --gpus-per-task=1: each task sees only its own GPU
-        ("0,1", "1", "1"),  # --gpus-per-node=2 (torchrun, submitit): LOCAL_RANK picks
-        ("4,5,6,7", "2", "6"),
+        ("0,1", "1", "1(0,1)"),  # --gpus-per-node=2 (torchrun, submitit): LOCAL_RANK picks
+        ("4,5,6,7", "2", "6(4,5,6,7)"),
         ("", "0", "-"),  # no GPU given
     ],
 )
