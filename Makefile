@@ -6,28 +6,18 @@ SHELL := /bin/bash
 include .env
 export
 
-# This cluster's files on the host; its shared/ is the cluster's shared filesystem (see .env).
-CLUSTER_HOST_DIR := $(abspath $(SLURMLAB_HOST_DIR)/$(COMPOSE_PROJECT_NAME))
-export SHARED_HOST_DIR := $(CLUSTER_HOST_DIR)/shared
-
-# The cluster's shape: NODES x GPUS_PER_NODE, real GPUs when GPUS=1. Given on the command line,
-# else this cluster's shape as `make up` recorded it, else .env.
-export SHAPE_FILE := $(CLUSTER_HOST_DIR)/shape.env
--include $(SHAPE_FILE)
-NODES ?= $(SLURMLAB_NODES)
-GPUS_PER_NODE ?= $(SLURMLAB_GPUS_PER_NODE)
-GPUS ?= 0
-export SLURMLAB_NODES := $(NODES)
-export SLURMLAB_GPUS_PER_NODE := $(GPUS_PER_NODE)
-ifeq ($(GPUS),1)
-export SLURMLAB_GPU_MODE := nvidia
-endif
-
-# Docker Compose v2 plugin if present, else the standalone v1 tool; real GPUs add the override
-# that scripts/up.sh writes for the shape.
-COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
-export GPU_OVERRIDE := $(CLUSTER_HOST_DIR)/compose.gpus.yml
-DC := $(COMPOSE) -f docker-compose.yml $(if $(wildcard $(GPU_OVERRIDE)),-f $(GPU_OVERRIDE))
+# The slurmlab CLI, run from this checkout: no install needed (this checkout's cluster needs only
+# Python's standard library). Its errors name make's variables (NODES=2), not the CLI's flags.
+SLURMLAB := SLURMLAB_COMMAND_STYLE=make PYTHONPATH=$(CURDIR) python3 -m slurmlab
+# This checkout's cluster: mounted at /workspace, named COMPOSE_PROJECT_NAME (.env; tests use
+# another name).
+CLUSTER := --project $(CURDIR) --name $(COMPOSE_PROJECT_NAME)
+# The shape, where make's command line gives it: NODES=N GPUS_PER_NODE=G, GPUS=1 for the host's
+# real GPUs. Otherwise the cluster keeps the shape it was given last (else .env's).
+given = $(filter command line,$(origin $(1)))
+SHAPE := $(if $(call given,NODES),--nodes '$(NODES)') \
+  $(if $(call given,GPUS_PER_NODE),--gpus-per-node '$(GPUS_PER_NODE)') \
+  $(if $(call given,GPUS),--gpu-mode $(if $(filter 1,$(GPUS)),nvidia,emulated))
 
 VENV := .venv
 PYTEST_ARGS ?=
@@ -43,56 +33,50 @@ help: ## Show this help
 
 .PHONY: image
 image: ## Build the cluster image (and debian:trixie-slim locally if no registry has it)
-	@scripts/preflight.sh
-	@scripts/ensure-base-image.sh
-	@scripts/build-image.sh
+	@$(SLURMLAB) build $(CLUSTER)
 
 .PHONY: up
-up: image ## Start the cluster (NODES=4 GPUS_PER_NODE=1 GPUS=0) and wait until every node is idle
-	@mkdir -p "$(SHARED_HOST_DIR)"  # by us, not by Docker as root
-	@scripts/up.sh
+up: ## Start the cluster (NODES=4 GPUS_PER_NODE=1 GPUS=0) and wait until every node is idle
+	@$(SLURMLAB) up $(CLUSTER) $(SHAPE)
 
 .PHONY: scale
 scale: ## Add or remove nodes of the running cluster (NODES=M); jobs and accounting are kept
-	@scripts/up.sh --scale
+	@$(SLURMLAB) scale $(CLUSTER) $(SHAPE)
 
 .PHONY: config
 config: ## Print the compose configuration `make up` would start for the shape; changes nothing
-	@scripts/up.sh --config
+	@$(SLURMLAB) config $(CLUSTER) $(SHAPE)
 
 .PHONY: down
 down: ## Stop the cluster (state, accounting, secrets and /shared are kept)
-	@$(DC) down --remove-orphans
+	@$(SLURMLAB) down $(CLUSTER)
 
 .PHONY: clean
 clean: ## Stop the cluster and delete ALL its state: accounting DB, job state, secrets, shared files
-	@$(DC) down --volumes --remove-orphans
-	@# Jobs wrote the shared files as the job user; where that is not us, remove them as root.
-	@rm -rf "$(CLUSTER_HOST_DIR)" 2>/dev/null || docker run --rm --entrypoint rm \
-	  -v "$(dir $(CLUSTER_HOST_DIR)):/host" $(SLURMLAB_IMAGE) -rf "/host/$(COMPOSE_PROJECT_NAME)"
+	@$(SLURMLAB) clean $(CLUSTER)
 
 .PHONY: status
 status: ## Nodes, queue and recent jobs in one screen
-	@scripts/status.sh
+	@$(SLURMLAB) status $(CLUSTER)
 
 .PHONY: logs
 logs: ## Follow a job's rank-0 output (JOB=<id>), or the daemons' logs
-	@if [[ -n "$${JOB_ID:-}" || "$(JOB)" =~ ^[0-9]+$$ ]]; then scripts/job-log.sh "$${JOB_ID:-$(JOB)}"; \
-	 else $(DC) logs -f --tail=100; fi
+	@job=$${JOB_ID:-}; if [[ -z $$job && "$(JOB)" =~ ^[0-9]+(_[0-9]+)?$$ ]]; then job="$(JOB)"; fi; \
+	 $(SLURMLAB) logs $(CLUSTER) $$job
 
 .PHONY: shell
 shell: ## Open a shell on the controller (login node) as the job user
-	@$(DC) exec -u slurmlab slurmctld bash -l
+	@$(SLURMLAB) shell $(CLUSTER)
 
 ## ---- jobs ------------------------------------------------------------------------------
 
 .PHONY: train
 train: up ## Run the DDP training job on every node and GPU through sbatch and follow it to the end
-	@scripts/train.sh --whole-cluster $(ARGS)
+	@cluster=$$($(SLURMLAB) env $(CLUSTER)) && eval "$$cluster" && scripts/train.sh --whole-cluster $(ARGS)
 
 .PHONY: submit
 submit: up ## Submit a job file (JOB=jobs/....sbatch ARGS="key=value ...") and follow it
-	@scripts/train.sh --job $(JOB) $(ARGS)
+	@cluster=$$($(SLURMLAB) env $(CLUSTER)) && eval "$$cluster" && scripts/train.sh --job $(JOB) $(ARGS)
 
 ## ---- development ------------------------------------------------------------------------
 
@@ -104,9 +88,9 @@ $(VENV)/.installed: tests/requirements.txt
 .PHONY: lint
 lint: $(VENV)/.installed ## ruff and shellcheck
 	@$(VENV)/bin/ruff check .
-	@$(VENV)/bin/ruff format --check trainer tests jobs scripts bench 2>/dev/null || \
-	  { echo "ruff format: run '$(VENV)/bin/ruff format trainer tests jobs scripts'"; exit 1; }
-	@$(VENV)/bin/shellcheck $$(git ls-files '*.sh' 'images/*.sh' '.ci/run' 'jobs/*.sbatch')
+	@$(VENV)/bin/ruff format --check slurmlab trainer tests jobs scripts bench 2>/dev/null || \
+	  { echo "ruff format: run '$(VENV)/bin/ruff format slurmlab trainer tests jobs scripts bench'"; exit 1; }
+	@$(VENV)/bin/shellcheck $$(git ls-files --cached --others --exclude-standard '*.sh' '.ci/run' '*.sbatch')
 
 .PHONY: test-unit
 test-unit: image ## Trainer tests (CPU, multi-process gloo) inside the job image

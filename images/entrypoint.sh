@@ -8,8 +8,10 @@
 #   /run/slurmlab/db/password     (volume "db-secret", 0400 root)   mariadb and slurmdbd only
 set -euo pipefail
 
-readonly CHECKOUT=/workspace
-readonly CONFIG_SRC=${SLURMLAB_CONFIG_DIR:-${CHECKOUT}/slurm}
+# The project the cluster is for, mounted at its own path (slurmlab's own checkout: /workspace).
+readonly PROJECT=${SLURMLAB_PROJECT_MOUNT:-/workspace}
+# slurmlab's slurm/ folder, mounted read-only (docker-compose.yml).
+readonly CONFIG_SRC=${SLURMLAB_CONFIG_DIR:-/etc/slurmlab/slurm}
 readonly SLURM_ETC=/etc/slurm
 readonly MUNGE_KEY=/etc/munge/munge.key
 readonly DB_SECRET_DIR=/run/slurmlab/db
@@ -65,10 +67,10 @@ ensure_db_password() {
     with_lock "${DB_SECRET_DIR}/.keygen.lock" create_db_password
 }
 
-# slurm.conf and cgroup.conf are read live from the checkout (edit, then `scontrol reconfigure`);
+# slurm.conf and cgroup.conf are read live from slurm/ (edit, then `scontrol reconfigure`);
 # only files that depend on the container (gres.conf) or hold secrets (slurmdbd.conf) are rendered.
 link_slurm_config() {
-    [[ -f ${CONFIG_SRC}/slurm.conf ]] || die "${CONFIG_SRC}/slurm.conf not found: is the checkout mounted at /workspace?"
+    [[ -f ${CONFIG_SRC}/slurm.conf ]] || die "${CONFIG_SRC}/slurm.conf not found: is slurmlab's slurm/ folder mounted there (docker-compose.yml)?"
     install -d -m 0755 "${SLURM_ETC}"
     ln -sfn "${CONFIG_SRC}/slurm.conf" "${SLURM_ETC}/slurm.conf"
     ln -sfn "${CONFIG_SRC}/cgroup.conf" "${SLURM_ETC}/cgroup.conf"
@@ -126,23 +128,23 @@ run_slurmdbd() {
 
 slurm_setting() { sed -n "s/^$1=//p" "${SLURM_ETC}/slurm.conf"; }
 
-# The job user takes the uid/gid of the checkout's owner, as dev containers do: jobs can then
-# write their output (slurm-%j.out) into the checkout, and what they write belongs to that user on
-# the host. A root-owned checkout cannot be adopted (jobs never run as root): the job user keeps
-# its image uid, and sbatch refuses output into the checkout up front (slurm/cli_filter.lua).
-adopt_checkout_owner() {
+# The job user takes the uid/gid of the project folder's owner, as dev containers do: jobs can
+# then write their output (slurm-%j.out) into the project, and what they write belongs to that
+# user on the host. A root-owned project cannot be adopted (jobs never run as root): the job user
+# keeps its image uid, and sbatch refuses output into the project up front (slurm/cli_filter.lua).
+adopt_project_owner() {
     local uid gid current holder
-    uid=$(stat -c %u "${CHECKOUT}")
-    gid=$(stat -c %g "${CHECKOUT}")
+    uid=$(stat -c %u "${PROJECT}")
+    gid=$(stat -c %g "${PROJECT}")
     current=$(id -u "${JOB_USER}")
     if (( uid == 0 )); then
-        log "the checkout belongs to root: ${JOB_USER} keeps uid ${current} and cannot write into ${CHECKOUT}"
+        log "the project ${PROJECT} belongs to root: ${JOB_USER} keeps uid ${current} and cannot write into it"
         return
     fi
     (( uid != current )) || return 0
     holder=$(getent passwd "${uid}" | cut -d: -f1 || true)
     if [[ -n ${holder} ]]; then
-        log "warning: the checkout's owner uid ${uid} is ${holder} in the image; ${JOB_USER} keeps uid ${current}"
+        log "warning: the project's owner uid ${uid} is ${holder} in the image; ${JOB_USER} keeps uid ${current}"
         return
     fi
     if getent group "${gid}" >/dev/null; then
@@ -152,10 +154,10 @@ adopt_checkout_owner() {
         usermod -g "${gid}" "${JOB_USER}"
     fi
     usermod -u "${uid}" "${JOB_USER}"
-    log "${JOB_USER} now has the checkout owner's uid ${uid} and gid ${gid}"
+    log "${JOB_USER} now has the project owner's uid ${uid} and gid ${gid}"
 }
 
-# Login shells (make shell, su -, Slurm's login environment for --export=NONE) start from
+# Login shells (slurmlab shell, su -, Slurm's login environment for --export=NONE) start from
 # /etc/profile, which resets PATH and so would drop the venv. Give them the container's own job
 # environment: the image's and compose's variables, less those that belong to a session.
 write_login_env() {
@@ -192,7 +194,7 @@ prepare_shared() {
 run_slurmctld() {
     start_munge
     link_slurm_config
-    adopt_checkout_owner
+    adopt_project_owner
     write_login_env
     prepare_shared
     install -d -o slurm -g slurm -m 0700 /var/spool/slurmctld
@@ -305,7 +307,7 @@ hold_rejoining_node() {
 run_slurmd() {
     start_munge
     link_slurm_config
-    adopt_checkout_owner
+    adopt_project_owner
     write_login_env
     write_user_env_cache
     write_gres_conf

@@ -4,19 +4,27 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 : "${SLURMLAB_IMAGE:?see .env}" "${BASE_IMAGE:?see .env}"
-context=images
-# Extra CA certificates for HTTPS inside the build (pip) and in jobs (dataset downloads).
+# The build context is assembled in a temporary folder, so an installed slurmlab never writes
+# into its own package: images/ plus the extra CA certificates for HTTPS inside the build (pip)
+# and in jobs (dataset downloads).
+context=$(mktemp -d "${TMPDIR:-/tmp}/slurmlab-image.XXXXXX")
+trap 'rm -rf "${context}"' EXIT
+cp -p images/Dockerfile images/entrypoint.sh images/healthcheck.sh images/seff images/requirements.txt "${context}/"
 mkdir -p "${context}/context"
 if [[ -n ${EXTRA_CA_BUNDLE:-} ]]; then
     [[ -r ${EXTRA_CA_BUNDLE} ]] || { echo "error: EXTRA_CA_BUNDLE=${EXTRA_CA_BUNDLE} is not readable; fix the path in .env or set it empty" >&2; exit 1; }
-    cmp -s "${EXTRA_CA_BUNDLE}" "${context}/context/extra-ca.pem" || cp "${EXTRA_CA_BUNDLE}" "${context}/context/extra-ca.pem"
+    cp "${EXTRA_CA_BUNDLE}" "${context}/context/extra-ca.pem"
 else
     : >"${context}/context/extra-ca.pem"
 fi
 
 log=${TMPDIR:-/tmp}/slurmlab-image-build.log
 started=${SECONDS}
-echo "== building ${SLURMLAB_IMAGE} (first build downloads torch: several minutes; log: ${log})"
+if docker image inspect "${SLURMLAB_IMAGE}" >/dev/null 2>&1; then
+    echo "== checking ${SLURMLAB_IMAGE} (log: ${log})"
+else
+    echo "== building ${SLURMLAB_IMAGE} (first build downloads torch: several minutes; log: ${log})"
+fi
 if ! docker build \
     --build-arg BASE_IMAGE="${BASE_IMAGE}" \
     --build-arg PIP_INDEX_URL="${PIP_INDEX_URL}" \

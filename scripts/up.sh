@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# `make up` and `make scale`: give the cluster its shape, NODES nodes (node1..nodeN) with
-# GPUS_PER_NODE GPUs each, and wait until every node is up with its GPUs.
+# `slurmlab up` / `slurmlab scale` (and make up / make scale): give the cluster its shape, NODES
+# nodes (node1..nodeN) with GPUS_PER_NODE GPUs each, and wait until every node is up with its GPUs.
 #   scripts/up.sh            start the cluster (or reshape it, if it runs)
-#   scripts/up.sh --scale    change the node count of a running cluster, without restarting it
 #   scripts/up.sh --config   print the compose configuration of the shape; start or change nothing
 #
 # Nodes register themselves (dynamic nodes, slurm/slurm.conf), so a shape is only which node
@@ -10,60 +9,36 @@
 # requeued (it starts again, from its checkpoint, on the nodes that remain) and only then is the
 # node deleted from Slurm and its container removed. Accounting is untouched.
 #
-# Inputs, from the Makefile: SLURMLAB_NODES, SLURMLAB_GPUS_PER_NODE, GPUS (1: real NVIDIA GPUs),
-# SHAPE_FILE (this cluster's recorded shape), GPU_OVERRIDE (compose file for real GPUs), DC.
+# Inputs, from the slurmlab CLI, which has checked the shape: SLURMLAB_NODES,
+# SLURMLAB_GPUS_PER_NODE, SLURMLAB_GPU_MODE (nvidia: real GPUs), SLURMLAB_IMAGE, SHAPE_FILE (this
+# cluster's recorded shape), GPU_OVERRIDE (compose file for real GPUs), SLURMLAB_SAY_SCALE (how
+# the user grows the cluster: "slurmlab scale --nodes " or "make scale NODES=").
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "$0")/lib.sh"
 
-readonly MAX_GPUS_PER_NODE=8
 readonly CONTROLLER_TIER=(mariadb slurmdbd slurmctld)
-nodes=${SLURMLAB_NODES:?run through make}
-gpus=${SLURMLAB_GPUS_PER_NODE:?run through make}
-real_gpus=${GPUS:-0}
-shape_file=${SHAPE_FILE:?run through make}
-gpu_override=${GPU_OVERRIDE:?run through make}
+nodes=${SLURMLAB_NODES:?run through slurmlab}
+gpus=${SLURMLAB_GPUS_PER_NODE:?run through slurmlab}
+gpu_mode=${SLURMLAB_GPU_MODE:?run through slurmlab}
+image=${SLURMLAB_IMAGE:?run through slurmlab}
+shape_file=${SHAPE_FILE:?run through slurmlab}
+gpu_override=${GPU_OVERRIDE:?run through slurmlab}
+say_scale=${SLURMLAB_SAY_SCALE:-slurmlab scale --nodes }
 mode=${1:-up}
 
 fail() { echo "error: $*" >&2; exit 2; }
-# Compose with this cluster's files: the real-GPU override exists only for GPUS=1.
+# Compose with this cluster's files: the real-GPU override exists only for real GPUs.
 compose_files() {
-    local files=(-f docker-compose.yml)
+    local files=(-f "${repo_root}/docker-compose.yml")
     [[ ! -f ${gpu_override} ]] || files+=(-f "${gpu_override}")
     "${compose[@]}" "${files[@]}" "$@"
 }
-
-# ---- the shape asked for: checked before anything starts or stops --------------------------
-
-max_nodes=$(compose_files config --services | grep -cE '^node[0-9]+$')
-if ! [[ ${nodes} =~ ^[0-9]+$ ]] || (( nodes < 1 || nodes > max_nodes )); then
-    fail "NODES=${nodes}: a cluster has 1 to ${max_nodes} nodes (the node services in docker-compose.yml)"
-fi
-if ! [[ ${gpus} =~ ^[0-9]+$ ]] || (( gpus < 1 || gpus > MAX_GPUS_PER_NODE )); then
-    fail "GPUS_PER_NODE=${gpus}: a node has 1 to ${MAX_GPUS_PER_NODE} GPUs"
-fi
-
-if [[ ${real_gpus} == 1 ]]; then
-    host_gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
-    (( host_gpus > 0 )) || fail "GPUS=1 but this host has no NVIDIA GPU (nvidia-smi -L lists none): use emulated GPUs (GPUS=0)"
-    if (( nodes * gpus > host_gpus )); then
-        if (( gpus <= host_gpus )); then hint="NODES=$(( host_gpus / gpus )) GPUS_PER_NODE=${gpus}"
-        else hint="NODES=1 GPUS_PER_NODE=${host_gpus}"; fi
-        fail "NODES=${nodes} x GPUS_PER_NODE=${gpus} needs $(( nodes * gpus )) GPUs, this host has ${host_gpus} (nvidia-smi -L), and each node needs GPUs of its own: choose a smaller shape, e.g. ${hint}, or emulate GPUs (GPUS=0)"
-    fi
-fi
 
 recorded_nodes='' recorded_gpus=''
 if [[ -f ${shape_file} ]]; then
     recorded_nodes=$(sed -n 's/^NODES=//p' "${shape_file}")
     recorded_gpus=$(sed -n 's/^GPUS_PER_NODE=//p' "${shape_file}")
-fi
-controller_running() { [[ -n $("${dc[@]}" ps -q slurmctld 2>/dev/null) ]] && on_login scontrol ping >/dev/null 2>&1; }
-
-if [[ ${mode} == --scale ]]; then
-    controller_running || fail "no cluster of project ${COMPOSE_PROJECT_NAME} is running: start one with make up NODES=${nodes}"
-    [[ -z ${recorded_gpus} || ${recorded_gpus} == "${gpus}" ]] \
-        || fail "make scale changes the node count only; this cluster has ${recorded_gpus} GPU(s) per node: make up GPUS_PER_NODE=${gpus} reshapes it"
 fi
 
 target=()
@@ -74,7 +49,7 @@ for (( i = 1; i <= nodes; i++ )); do target+=("node${i}"); done
 # Node containers of this project beyond the shape (running or not), and the nodes Slurm knows.
 extra_node_containers() {
     local name
-    docker ps -a --filter "label=com.docker.compose.project=${COMPOSE_PROJECT_NAME}" \
+    docker ps -a --filter "label=com.docker.compose.project=${COMPOSE_PROJECT_NAME:?run through slurmlab}" \
         --format '{{.Label "com.docker.compose.service"}}' | { grep -E '^node[0-9]+$' || true; } \
         | while read -r name; do (( ${name#node} <= nodes )) || echo "${name}"; done
 }
@@ -99,7 +74,7 @@ remove_nodes() {
         stuck=$(awk '$2 == "0" {print $1}' <<<"${jobs}" | paste -sd' ')
         [[ -z ${stuck} ]] || fail "job(s) ${stuck} run on ${known} and cannot be requeued (--no-requeue): wait for them (squeue -w ${known}) or scancel them, then run this again. Nothing was changed."
         echo "== removing ${list}: draining; running jobs are requeued and start again on the nodes that remain"
-        on_controller scontrol update NodeName="${known}" State=DRAIN Reason="removed by make scale/up"
+        on_controller scontrol update NodeName="${known}" State=DRAIN Reason="removed from the cluster's shape"
         while read -r job _; do
             [[ -n ${job} ]] || continue
             echo "   requeueing job ${job}"
@@ -112,7 +87,7 @@ remove_nodes() {
         done
     fi
     # The container goes first: a slurmd still running would register the node again.
-    "${dc[@]}" rm -s -f "$@" >/dev/null
+    "${compose[@]}" rm -s -f "$@" >/dev/null
     if [[ -n ${known} ]]; then
         local tries=0
         until on_controller scontrol delete NodeName="${known}" 2>/dev/null; do
@@ -125,7 +100,7 @@ remove_nodes() {
 # Jobs still queued that need more nodes than the new shape has wait for them; say so.
 warn_unfitting_jobs() {
     on_login squeue -h -t PENDING -o '%i %D' | while read -r job need; do
-        (( need <= nodes )) || echo "warning: job ${job} needs ${need} nodes; it waits until the cluster has them (make scale NODES=${need})" >&2
+        (( need <= nodes )) || echo "warning: job ${job} needs ${need} nodes; it waits until the cluster has them (${say_scale}${need})" >&2
     done
 }
 
@@ -133,9 +108,9 @@ warn_unfitting_jobs() {
 
 write_shape() {
     mkdir -p "$(dirname "${shape_file}")"
-    printf '# Written by make up: this cluster'\''s shape (make clean forgets it).\nNODES=%s\nGPUS_PER_NODE=%s\nGPUS=%s\n' \
-        "${nodes}" "${gpus}" "${real_gpus}" >"${shape_file}"
-    if [[ ${real_gpus} == 1 ]]; then write_gpu_override >"${gpu_override}"; else rm -f "${gpu_override}"; fi
+    printf '# Written by slurmlab up: this cluster'\''s shape and image (slurmlab clean forgets it).\nNODES=%s\nGPUS_PER_NODE=%s\nGPU_MODE=%s\nIMAGE=%s\n' \
+        "${nodes}" "${gpus}" "${gpu_mode}" "${image}" >"${shape_file}"
+    if [[ ${gpu_mode} == nvidia ]]; then write_gpu_override >"${gpu_override}"; else rm -f "${gpu_override}"; fi
 }
 
 # Real GPUs: node k gets host GPUs (k-1)*G .. k*G-1, each node its own. Written, not committed,
@@ -162,8 +137,8 @@ EOF
 if [[ ${mode} == --config ]]; then
     override=$(mktemp)
     trap 'rm -f "${override}"' EXIT
-    files=(-f docker-compose.yml)
-    [[ ${real_gpus} != 1 ]] || { write_gpu_override >"${override}"; files+=(-f "${override}"); }
+    files=(-f "${repo_root}/docker-compose.yml")
+    [[ ${gpu_mode} != nvidia ]] || { write_gpu_override >"${override}"; files+=(-f "${override}"); }
     "${compose[@]}" "${files[@]}" config
     exit 0
 fi
@@ -180,14 +155,14 @@ if (( reshaping )); then
     compose_files up -d "${CONTROLLER_TIER[@]}"
     tries=0
     until on_login scontrol ping >/dev/null 2>&1; do
-        (( ++tries < 120 )) || fail "the controller does not answer (make logs)"
+        (( ++tries < 120 )) || fail "the controller does not answer: see the daemons' logs (slurmlab logs)"
         sleep 1
     done
     mapfile -t extra < <(nodes_to_remove | sort -uV)
     (( ${#extra[@]} == 0 )) || remove_nodes "${extra[@]}"
 fi
 write_shape
-echo "== cluster ${COMPOSE_PROJECT_NAME}: ${nodes} node(s) x ${gpus} GPU(s) ($([[ ${real_gpus} == 1 ]] && echo real || echo emulated))"
+echo "== cluster ${COMPOSE_PROJECT_NAME}: ${nodes} node(s) x ${gpus} GPU(s) ($([[ ${gpu_mode} == nvidia ]] && echo real || echo emulated))"
 compose_files up -d --remove-orphans "${CONTROLLER_TIER[@]}" "${target[@]}"
 (( ! reshaping )) || warn_unfitting_jobs
-SLURMLAB_NODES=${nodes} SLURMLAB_GPUS_PER_NODE=${gpus} scripts/wait-ready.sh
+bash "${repo_root}/scripts/wait-ready.sh"

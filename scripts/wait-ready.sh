@@ -6,8 +6,8 @@ set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "$0")/lib.sh"
 
-nodes=${SLURMLAB_NODES:?see .env}
-gpus=${SLURMLAB_GPUS_PER_NODE:?see .env}
+nodes=${SLURMLAB_NODES:?run through slurmlab}
+gpus=${SLURMLAB_GPUS_PER_NODE:?run through slurmlab}
 # One line per node: name, state, GRES. A trailing * (not responding) or drain never matches.
 expected=$(for (( i = 1; i <= nodes; i++ )); do echo "node${i} ready gpu:${gpus}"; done)
 timeout_s=${WAIT_READY_TIMEOUT:-180}
@@ -22,8 +22,8 @@ while :; do
     fi
     if (( SECONDS - started > timeout_s )); then
         echo "error: the cluster is not ready after ${timeout_s} s. Node states:" >&2
-        on_login sinfo -N -o '%N %t %G %E' >&2 || "${dc[@]}" ps >&2
-        echo "See README.md#troubleshooting; daemon logs: make logs" >&2
+        on_login sinfo -N -o '%N %t %G %E' >&2 || "${compose[@]}" ps >&2
+        echo "See README.md#troubleshooting; daemon logs: slurmlab logs (make logs)" >&2
         exit 1
     fi
     sleep 1

@@ -1,0 +1,165 @@
+"""The slurmlab command: a real Slurm cluster for the project you stand in.
+
+    slurmlab up [--nodes N] [--gpus-per-node G] [--gpu-mode emulated|nvidia]
+    slurmlab exec -- sbatch --wait jobs/train.sbatch     # on the login node, as the job user
+    slurmlab shell | status | logs [JOB] | scale --nodes M | down | clean
+    slurmlab build | config | env | list
+
+Every command takes --project DIR (default: found from the current folder, see
+slurmlab.project), --config FILE (default: <project>/slurmlab.yaml) and --name NAME (default:
+from the config, else from the folder). Errors say what to fix and exit with status 2 before
+anything is changed; `exec` exits with its command's status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from slurmlab import __version__
+from slurmlab.cluster import Cluster, list_clusters
+from slurmlab.config import GPU_MODES, ShapeRequest, Style
+from slurmlab.errors import SlurmlabError
+from slurmlab.project import open_project
+
+# slurmlab's own Makefile sets this, so that errors name make's variables (make up NODES=2).
+STYLE_VARIABLE = "SLURMLAB_COMMAND_STYLE"
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    where = common.add_argument_group("which cluster")
+    where.add_argument(
+        "--project",
+        type=Path,
+        metavar="DIR",
+        help="the project folder (default: found from the current folder)",
+    )
+    where.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="the project's config (default: <project>/slurmlab.yaml)",
+    )
+    where.add_argument("--name", help="the cluster's name (default: from the config or folder)")
+
+    shape = argparse.ArgumentParser(add_help=False)
+    sizes = shape.add_argument_group(
+        "the cluster's shape (default: slurmlab.yaml, else the "
+        "cluster's current shape, else 4 x 1 emulated)"
+    )
+    # Taken as text and checked by slurmlab.config, whose errors name the fix.
+    sizes.add_argument("--nodes", metavar="N", help="compute nodes node1..nodeN (1-16)")
+    sizes.add_argument("--gpus-per-node", metavar="G", help="GPUs per node (1-8)")
+    sizes.add_argument(
+        "--gpu-mode",
+        metavar="MODE",
+        help=f"{' or '.join(GPU_MODES)}: emulated devices, or the host's GPUs",
+    )
+
+    top = argparse.ArgumentParser(
+        prog="slurmlab",
+        description="A real Slurm cluster on one machine, for the project you stand in.",
+    )
+    top.add_argument("--version", action="version", version=f"slurmlab {__version__}")
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str, *parents: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, description=help, parents=[common, *parents])
+
+    command(
+        "up",
+        "build what is missing, start the cluster (or reshape it) and wait for its nodes",
+        shape,
+    )
+    command(
+        "scale", "add or remove nodes of the running cluster; jobs and accounting are kept", shape
+    )
+    command("down", "stop the cluster (state, accounting, secrets and shared files are kept)")
+    command(
+        "clean",
+        "stop the cluster and delete all its state: accounting, job state, "
+        "secrets, shared files (the project's own files are not touched)",
+    )
+    command("status", "nodes, queue and recent jobs")
+    command("shell", "a login shell on the login node as the job user, in the project")
+    run = command(
+        "exec",
+        "run one command on the login node as the job user, in the project "
+        "folder; exits with its status",
+    )
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
+    logs = command("logs", "follow a job's output, or the cluster daemons' logs")
+    logs.add_argument("job", nargs="?", help="a job id (default: the daemons' logs)")
+    logs.add_argument(
+        "--no-follow",
+        dest="follow",
+        action="store_false",
+        help="print what is there and exit (CI), instead of following",
+    )
+    command("build", "build the cluster's images (cluster image, the project's dependencies)")
+    command("config", "print the Compose configuration `up` would start; changes nothing", shape)
+    command("env", 'shell lines that point docker compose at the cluster: eval "$(slurmlab env)"')
+    commands.add_parser(
+        "list",
+        help="every slurmlab cluster on this host",
+        description="every slurmlab cluster on this host",
+    )
+    return top
+
+
+def run(args: argparse.Namespace, style: Style) -> int:
+    if args.command == "list":
+        return list_clusters()
+    project = open_project(Path.cwd(), args.project, args.config, args.name)
+    cluster = Cluster(project, style)
+    request = ShapeRequest(
+        nodes=getattr(args, "nodes", None),
+        gpus_per_node=getattr(args, "gpus_per_node", None),
+        gpu_mode=getattr(args, "gpu_mode", None),
+    )
+    match args.command:
+        case "up":
+            return cluster.up(request)
+        case "scale":
+            return cluster.scale(request)
+        case "config":
+            return cluster.print_config(request)
+        case "down":
+            return cluster.down()
+        case "clean":
+            return cluster.clean()
+        case "status":
+            return cluster.status()
+        case "shell":
+            return cluster.shell(Path.cwd())
+        case "exec":
+            argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+            return cluster.exec(argv, Path.cwd())
+        case "logs":
+            return cluster.logs(args.job, follow=args.follow)
+        case "build":
+            print(f"== cluster {cluster.name} runs {cluster.build()}")
+            return 0
+        case "env":
+            return cluster.print_env()
+    raise AssertionError(args.command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    style = Style(make=os.environ.get(STYLE_VARIABLE) == "make")
+    try:
+        return run(args, style)
+    except SlurmlabError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

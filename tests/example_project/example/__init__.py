@@ -1,0 +1,1 @@
+"""The example project's code: what each task of its jobs does."""
