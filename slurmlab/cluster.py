@@ -53,10 +53,15 @@ class Cluster:
             f"requirements: {config.requirements} in {config.path}",
         )
 
-    def image(self, requirements: deps.Requirements | None = None) -> str:
-        """The image the cluster runs: the cluster image, or its project-dependencies layer."""
-        if requirements is not None:
-            return images.deps_tag(requirements)
+    @staticmethod
+    def image_for(requirements: deps.Requirements | None) -> str:
+        """The image `up` starts: the cluster image, or its layer of the project's dependencies."""
+        if requirements is None:
+            return resources.setting("SLURMLAB_IMAGE")
+        return images.deps_tag(requirements)
+
+    def recorded_image(self) -> str:
+        """The image the cluster was last started with."""
         return self.recorded().get("IMAGE") or resources.setting("SLURMLAB_IMAGE")
 
     def current_shape(self) -> Shape:
@@ -81,7 +86,6 @@ class Cluster:
         files = [str(resources.compose_file())]
         if project.gpu_override.is_file():
             files.append(str(project.gpu_override))
-        scale = self.style.scale + (" NODES=" if self.style.make else " --nodes ")
         return {
             **docker.base_env(),
             "COMPOSE": shlex.join(docker.compose_command()),
@@ -96,8 +100,8 @@ class Cluster:
             "SLURMLAB_NODES": str(shape.nodes),
             "SLURMLAB_GPUS_PER_NODE": str(shape.gpus_per_node),
             "SLURMLAB_GPU_MODE": shape.gpu_mode,
-            "SLURMLAB_IMAGE": image or self.image(),
-            "SLURMLAB_SAY_SCALE": scale,
+            "SLURMLAB_IMAGE": image or self.recorded_image(),
+            "SLURMLAB_SAY_SCALE": f"{self.style.scale} {self.style.nodes('')}",
         }
 
     def containers(self) -> list[docker.Container]:
@@ -124,16 +128,41 @@ class Cluster:
                     "in slurmlab.yaml), or remove that cluster (slurmlab clean, run there)"
                 )
 
+    def check_restart_loses_no_job(self, image: str) -> None:
+        """A running cluster whose image changed (the project's dependencies, or slurmlab's own
+        image) starts every container again; refuse while a job runs there, which would die."""
+        if not self.is_running():
+            return
+        if docker.running_image_ids(self.name) <= {docker.image_id(image)}:
+            return
+        squeue = ["squeue", "-h", "-t", "CONFIGURING,RUNNING,SUSPENDED,COMPLETING", "-o", "%i"]
+        proc = docker.run(
+            [*docker.compose_command(), "exec", "-T", LOGIN_SERVICE, *squeue],
+            env=self.env(), capture_output=True,
+        )  # fmt: skip
+        jobs = proc.stdout.split()
+        if proc.returncode != 0 or jobs:
+            running = " ".join(jobs) or "(unknown: squeue failed)"
+            raise SlurmlabError(
+                f"the cluster's image changed ({image}: the project's dependencies or "
+                f"slurmlab's image), so every container of the cluster starts again, and job(s) "
+                f"{running} run there now: wait for them (squeue) or scancel them, then run "
+                f"{self.style.up} again. Nothing was changed."
+            )
+        print(f"== the cluster's image changed ({image}): its containers start again with it "
+              "(queued jobs, accounting and shared files are kept)")  # fmt: skip
+
     def script(self, name: str, *args: str, env: dict[str, str]) -> int:
         return docker.run(["bash", str(resources.script(name)), *args], env=env).returncode
 
     # ---- commands ----------------------------------------------------------------------------
 
-    def build(self) -> str:
+    def build(self, docker_checked: bool = False) -> str:
         """The images this cluster runs, built where missing or stale; return the one it runs."""
         requirements = self.requirements()  # checked before the (long) cluster image build
         env = docker.base_env()
-        images.check_docker(env)
+        if not docker_checked:
+            images.check_docker(env)
         base = images.ensure_cluster_image(env)
         if requirements is None:
             return base
@@ -142,8 +171,10 @@ class Cluster:
     def up(self, request: ShapeRequest) -> int:
         shape = self.shape(request)
         self.requirements()  # a missing or unusable requirements file: refused before the build
+        images.check_docker(docker.base_env())
         self.check_name_is_ours()
-        image = self.build()
+        image = self.build(docker_checked=True)
+        self.check_restart_loses_no_job(image)
         self.prepare_state_dir()
         status = self.script("up.sh", env=self.env(shape, image))
         if status == 0:
@@ -164,8 +195,8 @@ class Cluster:
 
     def print_config(self, request: ShapeRequest) -> int:
         shape = self.shape(request)
-        requirements = self.requirements()
-        return self.script("up.sh", "--config", env=self.env(shape, self.image(requirements)))
+        image = self.image_for(self.requirements())
+        return self.script("up.sh", "--config", env=self.env(shape, image))
 
     def down(self) -> int:
         status = docker.run(
@@ -299,7 +330,7 @@ class Cluster:
             f"   shared files:  {project.shared_host_dir} (on the cluster at "
             f"{resources.setting('SLURMLAB_SHARED')})"
         )
-        print(f"   login shell:   {self.style.up.replace(' up', ' shell')}")
+        print(f"   login shell:   {self.style.shell}")
 
 
 def list_clusters() -> int:

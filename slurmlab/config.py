@@ -135,6 +135,10 @@ class Style:
     def scale(self) -> str:
         return "make scale" if self.make else "slurmlab scale"
 
+    @property
+    def shell(self) -> str:
+        return "make shell" if self.make else "slurmlab shell"
+
     def nodes(self, value: object) -> str:
         return f"NODES={value}" if self.make else f"--nodes {value}"
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from functools import cache
 
 from slurmlab import resources
+from slurmlab.errors import SlurmlabError
 
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
@@ -35,7 +36,15 @@ def run(
 
 def output(args: Sequence[str]) -> str:
     """stdout of a docker command that must work (listing containers, images)."""
-    return run(args, capture_output=True, check=True).stdout
+    proc = run(args, capture_output=True)
+    if proc.returncode != 0:
+        said = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+        raise SlurmlabError(
+            f"`{shlex.join(args)}` failed: {said[0]}. Is the Docker daemon running and yours to "
+            "use (docker info)?",
+            exit_code=1,
+        )
+    return proc.stdout
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,14 @@ def containers(project: str | None = None) -> list[Container]:
         cluster, service, state, project_dir = [*row.split("\t"), "", "", ""][:4]
         found.append(Container(cluster, service, state == "running", project_dir))
     return found
+
+
+def running_image_ids(project: str) -> set[str]:
+    """The ids of the images the cluster's running containers were started from."""
+    ids = output(["docker", "ps", "-q", "--filter", f"label={PROJECT_LABEL}={project}"]).split()
+    if not ids:
+        return set()
+    return set(output(["docker", "inspect", "-f", "{{.Image}}", *ids]).split())
 
 
 def image_id(image: str) -> str | None:

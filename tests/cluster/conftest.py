@@ -26,6 +26,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = os.environ.get("SLURMLAB_TEST_PROJECT", "slurmlab-test")
 JOB_USER = "slurmlab"
+# Services that never see the project (docker-compose.yml): only Slurm's config and their secrets.
+ACCOUNTING_TIER = ("mariadb", "slurmdbd")
 # An ordinary user's uid that the image does not know: the checkout's owner in a user's clone.
 CHECKOUT_UID = 1234
 
@@ -132,11 +134,13 @@ class Cluster:
         stdin: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run a bash script in a container, by default as `make shell` does: a login shell as
-        the job user, in the checkout (/workspace)."""
+        the job user, in the checkout (/workspace; the accounting tier does not mount it)."""
         args = ["exec", "-T"]
         if user:
             args += ["-u", user]
-        args += [service, "bash", "-lc", f"cd /workspace && {script}"]
+        if service not in ACCOUNTING_TIER:
+            script = f"cd /workspace && {script}"
+        args += [service, "bash", "-lc", script]
         return self.dc(*args, timeout=timeout, check=check, stdin=stdin)
 
     def login(self, script: str, **kwargs: object) -> str:

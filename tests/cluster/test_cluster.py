@@ -104,10 +104,14 @@ def test_db_password_is_private_to_the_database_and_slurmdbd(cluster: Cluster) -
     assert stat.stdout.split() == ["400", "root"]
     conf = cluster.run("stat -c '%a %U' /etc/slurm/slurmdbd.conf", service="slurmdbd", user="root")
     assert conf.stdout.split() == ["600", "slurm"]
-    # Nodes and the login node never even mount it.
+    # Nodes and the login node never even mount it; the accounting tier never sees the checkout.
     for service in ["slurmctld", "node1"]:
         assert cluster.run(
             "test -e /run/slurmlab/db/password", service=service, user="root", check=False
+        ).returncode
+    for service in ["mariadb", "slurmdbd"]:
+        assert cluster.run(
+            "test -e /workspace", service=service, user="root", check=False
         ).returncode
 
 

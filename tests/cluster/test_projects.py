@@ -17,6 +17,8 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,7 @@ EXAMPLE = REPO / "tests" / "example_project"
 # The project owner: an ordinary user's uid (root's tests give the copies to CHECKOUT_UID).
 OWNER = CHECKOUT_UID if os.geteuid() == 0 else os.geteuid()
 DEPENDENCY = "tabulate==0.9.0"  # tests/example_project/requirements.txt
+SECOND_DEPENDENCY = "tomli-w==1.2.0"  # added to it by a test; not in the cluster image
 
 
 def install_cli(venv: Path, source: Path = REPO) -> Path:
@@ -91,6 +94,15 @@ class Project:
                        "State,NNodes,NodeList,JobName").strip().split("|")  # fmt: skip
 
 
+def running_images(cluster: str) -> list[str]:
+    """The image ids of a cluster's containers."""
+    ids = containers(f"com.docker.compose.project={cluster}")
+    inspect = ["docker", "inspect", "-f", "{{.Image}}", *ids]
+    return sorted(
+        subprocess.run(inspect, capture_output=True, text=True, check=True).stdout.split()
+    )
+
+
 def containers(label: str) -> list[str]:
     return subprocess.run(
         ["docker", "ps", "-a", "-q", "--filter", f"label={label}"],
@@ -128,6 +140,9 @@ def fresh_folder(folder: Path, bin_dir: Path) -> Path:
     return folder
 
 
+LEFT_BEHIND: list[str] = []  # images built for one test run only, removed after it
+
+
 @pytest.fixture(scope="module")
 def example(cli_bin: Path) -> Iterator[Project]:
     """tests/example_project, outside this checkout, owned by an ordinary user, brought up."""
@@ -138,7 +153,9 @@ def example(cli_bin: Path) -> Iterator[Project]:
         dirs_exist_ok=True,
         ignore=shutil.ignore_patterns(".slurmlab", "results", "submitit", "slurm-*"),
     )
-    yield from project_up(owned(folder), cli_bin)  # fmt: skip
+    yield from project_up(owned(folder), cli_bin)
+    for image in LEFT_BEHIND:
+        subprocess.run(["docker", "rmi", image], capture_output=True, check=True)
 
 
 @pytest.fixture(scope="module")
@@ -249,6 +266,49 @@ def test_status_and_logs_show_the_projects_cluster(example: Project) -> None:
     job = job.strip()
     assert f"logged-{job}" in example.ok("logs", "--no-follow", job)
     assert "slurmctld" in example.ok("logs", "--no-follow")
+
+
+def test_dependencies_are_installed_once_and_again_only_when_their_file_changes(
+    example: Project,
+) -> None:
+    again = example.slurmlab("up")
+    assert again.returncode == 0, again.stderr
+    assert re.search(r"^== requirements.txt: installed in slurmlab-deps:\w+ \(unchanged\)$",
+                     again.stdout, re.M), again.stdout  # fmt: skip
+    assert "Recreating" not in again.stderr and "image changed" not in again.stdout
+    name = example.name
+    images = running_images(name)
+
+    # A changed requirements file is a new image: every container starts again, so a running
+    # job stops `slurmlab up` before anything changes.
+    job = example.ok("exec", "--", "sbatch", "--parsable", "-N1", "--wrap", "sleep 300").strip()
+    deadline = time.monotonic() + 60
+    while example.ok("exec", "--", "squeue", "-h", "-j", job, "-o", "%T").strip() != "RUNNING":
+        assert time.monotonic() < deadline, f"job {job} did not start"
+        time.sleep(1)
+    requirements = example.dir / "requirements.txt"
+    # Unique to this run, so that no image an earlier run left on this host is reused.
+    run_id = f"# added by the test run {uuid.uuid4().hex}"
+    requirements.write_text(f"{requirements.read_text()}{SECOND_DEPENDENCY}  {run_id}\n")
+    refused = example.slurmlab("up", timeout=900)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "== installing" in refused.stdout, "a changed file is installed again"
+    assert f"job(s) {job} run there now: wait for them" in refused.stderr, refused.stderr
+    assert running_images(name) == images, "nothing was changed"
+    example.ok("exec", "--", "scancel", job)
+
+    rebuilt = example.slurmlab("up", timeout=900)
+    assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+    assert "(unchanged)" in rebuilt.stdout, "built once, by the refused run"
+    assert "image changed" in rebuilt.stdout
+    assert running_images(name) != images
+    module = SECOND_DEPENDENCY.split("==")[0].replace("-", "_")
+    seen = example.ok("exec", "--", "srun", "-N2", "python", "-c",
+                      f"import socket, {module}; print(socket.gethostname())")  # fmt: skip
+    assert sorted(seen.split()) == ["node1", "node2"], "the new dependency on every node"
+    names = example.ok("exec", "--", "sacct", "-X", "-n", "-P", "-o", "JobName").split()
+    assert "hello" in names, "accounting is kept across the restart"
+    LEFT_BEHIND.append(re.search(r"installed in (slurmlab-deps:\w+)", rebuilt.stdout).group(1))
 
 
 # ---- two projects side by side -------------------------------------------------------------
