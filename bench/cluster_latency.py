@@ -7,9 +7,11 @@ and its growth with the node count (``make up NODES=N``, N = 1, 4, 8, 16), the m
 node takes, ``make scale`` up and down, ``make up`` after ``make down`` (state kept),
 sbatch -> RUNNING, submit -> every rank inside the training loop (split into phases), job end ->
 COMPLETED in sacct, and the imports every rank pays
-before it trains; the job figures are timed on the login node by bench/job_probe.py. Reports the
-image size too. The cold image build time is printed by ``make image`` itself
-(``== image ... ready (N s)``).
+before it trains; the job figures are timed on the login node by bench/job_probe.py. And for a
+project of one's own (tests/example_project, copied to a temporary folder), `slurmlab up` with a
+requirements file never installed before, with its dependencies already built, and again on the
+running cluster. Reports the image size too. The cold image build time is printed by
+``make image`` itself (``== image ... ready (N s)``).
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
+import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -120,6 +125,9 @@ ROWS = {  # key -> label, in print order; indented rows break down the row above
     "preempt_checkpointed_s": "urgent job -> victim checkpointed",
     "preempt_urgent_running_s": "urgent job -> urgent RUNNING",
     "preempt_victim_running_s": "urgent done -> victim RUNNING",
+    "project_up_new_deps_s": "slurmlab up, project, new deps",
+    "project_up_cached_s": "  deps built before (clean volumes)",
+    "project_up_again_s": "  on the running cluster (no change)",
     "imports_wall_s": "import torch+_dynamo, all nodes",
     "import_torch_s": "  import torch (slowest rank)",
     "import_torch_dynamo_s": "  import torch._dynamo (slowest)",
@@ -158,6 +166,40 @@ def growth_curve() -> dict[str, float]:
     return out
 
 
+def project_up() -> dict[str, float]:
+    """`slurmlab up` for tests/example_project (2 nodes, one PyPI dependency) from its own
+    folder: first with a requirements file no image was built for (a unique comment line), then
+    from clean volumes with that layer built, then once more on the running cluster."""
+    cli = ["python3", "-m", "slurmlab"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with tempfile.TemporaryDirectory(prefix="slurmlab-bench-project-") as tmp:
+        folder = Path(tmp) / "example_project"
+        shutil.copytree(REPO / "tests" / "example_project", folder)
+        requirements = folder / "requirements.txt"
+        requirements.write_text(f"{requirements.read_text()}# bench run {uuid.uuid4().hex}\n")
+
+        def slurmlab(*args: str) -> str:
+            proc = subprocess.run([*cli, *args], cwd=folder, env=env, capture_output=True,
+                                  text=True, timeout=1800)  # fmt: skip
+            if proc.returncode != 0:
+                raise RuntimeError(f"slurmlab {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}")
+            return proc.stdout
+
+        out: dict[str, float] = {}
+        try:
+            out["project_up_new_deps_s"] = timed(lambda: slurmlab("up"))
+            image = slurmlab("env").split("SLURMLAB_IMAGE=")[1].split()[0]
+            slurmlab("clean")
+            out["project_up_cached_s"] = timed(lambda: slurmlab("up"))
+            out["project_up_again_s"] = timed(lambda: slurmlab("up"))
+            slurmlab("clean")
+            sh(["docker", "rmi", image])  # built for this run only
+        except BaseException:
+            subprocess.run([*cli, "clean"], cwd=folder, env=env, capture_output=True)
+            raise
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
@@ -187,6 +229,9 @@ def main() -> int:
         add({"restart_ready_s": timed(lambda: make("up"))})
         for _ in range(args.repeats):
             add(growth_curve())
+        clean()
+        for _ in range(args.repeats):
+            add(project_up())
     finally:
         clean()
 
