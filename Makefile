@@ -12,6 +12,8 @@ SLURMLAB := SLURMLAB_COMMAND_STYLE=make PYTHONPATH=$(CURDIR) python3 -m slurmlab
 # This checkout's cluster: mounted at /workspace, named COMPOSE_PROJECT_NAME (.env; tests use
 # another name).
 CLUSTER := --project $(CURDIR) --name $(COMPOSE_PROJECT_NAME)
+# Commands that need the cluster's environment (Compose project, files, shape) from the CLI.
+IN_CLUSTER = cluster=$$($(SLURMLAB) env $(CLUSTER)) && eval "$$cluster" &&
 # The shape, where make's command line gives it: NODES=N GPUS_PER_NODE=G, GPUS=1 for the host's
 # real GPUs. Otherwise the cluster keeps the shape it was given last (else .env's).
 given = $(filter command line,$(origin $(1)))
@@ -72,11 +74,11 @@ shell: ## Open a shell on the controller (login node) as the job user
 
 .PHONY: train
 train: up ## Run the DDP training job on every node and GPU through sbatch and follow it to the end
-	@cluster=$$($(SLURMLAB) env $(CLUSTER)) && eval "$$cluster" && scripts/train.sh --whole-cluster $(ARGS)
+	@$(IN_CLUSTER) scripts/train.sh --whole-cluster $(ARGS)
 
 .PHONY: submit
 submit: up ## Submit a job file (JOB=jobs/....sbatch ARGS="key=value ...") and follow it
-	@cluster=$$($(SLURMLAB) env $(CLUSTER)) && eval "$$cluster" && scripts/train.sh --job $(JOB) $(ARGS)
+	@$(IN_CLUSTER) scripts/train.sh --job $(JOB) $(ARGS)
 
 ## ---- development ------------------------------------------------------------------------
 

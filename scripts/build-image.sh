@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 # and in jobs (dataset downloads).
 context=$(mktemp -d "${TMPDIR:-/tmp}/slurmlab-image.XXXXXX")
 trap 'rm -rf "${context}"' EXIT
-cp -p images/Dockerfile images/entrypoint.sh images/healthcheck.sh images/seff images/requirements.txt "${context}/"
+cp -pR images/. "${context}/"
 mkdir -p "${context}/context"
 if [[ -n ${EXTRA_CA_BUNDLE:-} ]]; then
     [[ -r ${EXTRA_CA_BUNDLE} ]] || { echo "error: EXTRA_CA_BUNDLE=${EXTRA_CA_BUNDLE} is not readable; fix the path in .env or set it empty" >&2; exit 1; }

@@ -18,13 +18,15 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 readonly CONTROLLER_TIER=(mariadb slurmdbd slurmctld)
+# Job states in which a job holds its nodes' processes (squeue -t).
+readonly RUNNING_STATES=CONFIGURING,RUNNING,SUSPENDED,COMPLETING
 nodes=${SLURMLAB_NODES:?run through slurmlab}
 gpus=${SLURMLAB_GPUS_PER_NODE:?run through slurmlab}
 gpu_mode=${SLURMLAB_GPU_MODE:?run through slurmlab}
 image=${SLURMLAB_IMAGE:?run through slurmlab}
 shape_file=${SHAPE_FILE:?run through slurmlab}
 gpu_override=${GPU_OVERRIDE:?run through slurmlab}
-say_scale=${SLURMLAB_SAY_SCALE:-slurmlab scale --nodes }
+say_scale=${SLURMLAB_SAY_SCALE:?run through slurmlab}
 mode=${1:-up}
 
 fail() { echo "error: $*" >&2; exit 2; }
@@ -70,7 +72,7 @@ remove_nodes() {
     list=$(IFS=,; echo "$*")
     known=$(slurm_nodes | awk '{print $1}' | grep -xF -f <(printf '%s\n' "$@") | paste -sd, || true)
     if [[ -n ${known} ]]; then
-        jobs=$(on_login squeue -h -w "${known}" -t CONFIGURING,RUNNING,SUSPENDED,COMPLETING -O 'JobID:20,Requeue:4')
+        jobs=$(on_login squeue -h -w "${known}" -t "${RUNNING_STATES}" -O 'JobID:20,Requeue:4')
         stuck=$(awk '$2 == "0" {print $1}' <<<"${jobs}" | paste -sd' ')
         [[ -z ${stuck} ]] || fail "job(s) ${stuck} run on ${known} and cannot be requeued (--no-requeue): wait for them (squeue -w ${known}) or scancel them, then run this again. Nothing was changed."
         echo "== removing ${list}: draining; running jobs are requeued and start again on the nodes that remain"
@@ -142,6 +144,21 @@ if [[ ${mode} == --config ]]; then
     "${compose[@]}" "${files[@]}" config
     exit 0
 fi
+
+# A running cluster whose image changed (the project's dependencies, or slurmlab's own image)
+# has every container started again by `compose up`; refuse while a job runs, which would die.
+check_image_change_loses_no_job() {
+    local project_label="label=com.docker.compose.project=${COMPOSE_PROJECT_NAME}" want jobs
+    [[ -n $(docker ps -q --filter "${project_label}" --filter label=com.docker.compose.service=slurmctld) ]] || return 0
+    want=$(docker image inspect -f '{{.Id}}' "${image}")
+    # shellcheck disable=SC2046  # one id per word
+    docker inspect -f '{{.Image}}' $(docker ps -q --filter "${project_label}") | grep -qvxF "${want}" || return 0
+    jobs=$(on_controller squeue -h -t "${RUNNING_STATES}" -o %i | paste -sd' ') \
+        || fail "the cluster's image changed (${image}), and the controller cannot say which jobs run: see the daemons' logs (slurmlab logs)"
+    [[ -z ${jobs} ]] || fail "the cluster's image changed (${image}: the project's dependencies or slurmlab's image), so every container of the cluster starts again, and job(s) ${jobs} run there now: wait for them (squeue) or scancel them, then run this again. Nothing was changed."
+    echo "== the cluster's image changed (${image}): its containers start again with it (queued jobs, accounting and shared files are kept)"
+}
+check_image_change_loses_no_job
 
 reshaping=0
 if [[ -n ${recorded_nodes} && ( ${recorded_nodes} != "${nodes}" || ${recorded_gpus} != "${gpus}" ) ]]; then

@@ -128,41 +128,19 @@ class Cluster:
                     "in slurmlab.yaml), or remove that cluster (slurmlab clean, run there)"
                 )
 
-    def check_restart_loses_no_job(self, image: str) -> None:
-        """A running cluster whose image changed (the project's dependencies, or slurmlab's own
-        image) starts every container again; refuse while a job runs there, which would die."""
-        if not self.is_running():
-            return
-        if docker.running_image_ids(self.name) <= {docker.image_id(image)}:
-            return
-        squeue = ["squeue", "-h", "-t", "CONFIGURING,RUNNING,SUSPENDED,COMPLETING", "-o", "%i"]
-        proc = docker.run(
-            [*docker.compose_command(), "exec", "-T", LOGIN_SERVICE, *squeue],
-            env=self.env(), capture_output=True,
-        )  # fmt: skip
-        jobs = proc.stdout.split()
-        if proc.returncode != 0 or jobs:
-            running = " ".join(jobs) or "(unknown: squeue failed)"
-            raise SlurmlabError(
-                f"the cluster's image changed ({image}: the project's dependencies or "
-                f"slurmlab's image), so every container of the cluster starts again, and job(s) "
-                f"{running} run there now: wait for them (squeue) or scancel them, then run "
-                f"{self.style.up} again. Nothing was changed."
-            )
-        print(f"== the cluster's image changed ({image}): its containers start again with it "
-              "(queued jobs, accounting and shared files are kept)")  # fmt: skip
-
     def script(self, name: str, *args: str, env: dict[str, str]) -> int:
-        return docker.run(["bash", str(resources.script(name)), *args], env=env).returncode
+        return docker.run_script(name, *args, env=env)
 
     # ---- commands ----------------------------------------------------------------------------
 
-    def build(self, docker_checked: bool = False) -> str:
+    def build(self) -> str:
         """The images this cluster runs, built where missing or stale; return the one it runs."""
         requirements = self.requirements()  # checked before the (long) cluster image build
+        images.check_docker(docker.base_env())
+        return self.build_images(requirements)
+
+    def build_images(self, requirements: deps.Requirements | None) -> str:
         env = docker.base_env()
-        if not docker_checked:
-            images.check_docker(env)
         base = images.ensure_cluster_image(env)
         if requirements is None:
             return base
@@ -170,11 +148,10 @@ class Cluster:
 
     def up(self, request: ShapeRequest) -> int:
         shape = self.shape(request)
-        self.requirements()  # a missing or unusable requirements file: refused before the build
+        requirements = self.requirements()  # a missing or unusable file: refused before builds
         images.check_docker(docker.base_env())
         self.check_name_is_ours()
-        image = self.build(docker_checked=True)
-        self.check_restart_loses_no_job(image)
+        image = self.build_images(requirements)
         self.prepare_state_dir()
         status = self.script("up.sh", env=self.env(shape, image))
         if status == 0:

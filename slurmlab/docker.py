@@ -70,14 +70,6 @@ def containers(project: str | None = None) -> list[Container]:
     return found
 
 
-def running_image_ids(project: str) -> set[str]:
-    """The ids of the images the cluster's running containers were started from."""
-    ids = output(["docker", "ps", "-q", "--filter", f"label={PROJECT_LABEL}={project}"]).split()
-    if not ids:
-        return set()
-    return set(output(["docker", "inspect", "-f", "{{.Image}}", *ids]).split())
-
-
 def image_id(image: str) -> str | None:
     proc = run(["docker", "image", "inspect", "-f", "{{.Id}}", image], capture_output=True)
     return proc.stdout.strip() if proc.returncode == 0 else None
@@ -89,6 +81,11 @@ def image_label(image: str, label: str) -> str | None:
         capture_output=True,
     )
     return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def run_script(name: str, *args: str, env: Mapping[str, str]) -> int:
+    """Run one of scripts/ (the cluster operations) with the given environment; its status."""
+    return run(["bash", str(resources.script(name)), *args], env=env).returncode
 
 
 def base_env() -> dict[str, str]:

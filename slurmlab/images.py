@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from slurmlab import deps, docker, resources
+from slurmlab import deps, docker
 from slurmlab.errors import SlurmlabError
 
 DEPS_REPOSITORY = "slurmlab-deps"
@@ -36,14 +36,14 @@ COPY requirements REQUIREMENTS_DIR
 RUN pip install --no-cache-dir --disable-pip-version-check --root-user-action=ignore \\
       --index-url "${PIP_INDEX_URL}" --extra-index-url "${TORCH_INDEX_URL}" \\
       -r REQUIREMENTS_DIR/MAIN
-LABEL io.slurmlab.base-image-id="${BASE_IMAGE_ID}"
-""".replace("REQUIREMENTS_DIR", REQUIREMENTS_DIR)
+LABEL BASE_ID_LABEL="${BASE_IMAGE_ID}"
+""".replace("REQUIREMENTS_DIR", REQUIREMENTS_DIR).replace("BASE_ID_LABEL", BASE_ID_LABEL)
 
 
 def run_script(name: str, env: Mapping[str, str]) -> None:
-    proc = docker.run(["bash", str(resources.script(name))], env=env)
-    if proc.returncode != 0:
-        raise SlurmlabError(f"{name} failed (see above)", exit_code=proc.returncode)
+    status = docker.run_script(name, env=env)
+    if status != 0:
+        raise SlurmlabError(f"{name} failed (see above)", exit_code=status)
 
 
 def check_docker(env: Mapping[str, str]) -> None:
