@@ -180,7 +180,10 @@ def test_requeued_job_runs_again_within_seconds(cluster: Cluster) -> None:
 
 
 def node_address(cluster: Cluster, node: str) -> str:
-    cid = cluster.dc("ps", "-q", node).stdout.strip()
+    return container_address(cluster.dc("ps", "-q", node).stdout.strip())
+
+
+def container_address(cid: str) -> str:
     return subprocess.run(
         [
             "docker",
@@ -196,18 +199,25 @@ def node_address(cluster: Cluster, node: str) -> str:
 
 
 def test_nodes_restarted_on_new_addresses_run_their_own_tasks(cluster: Cluster) -> None:
-    """Docker hands a restarted container whatever address is free: stop two nodes, let another
-    container take one of their addresses, start them again; every task must still run on the
-    node Slurm says it runs on (a stale address sends it to a neighbour)."""
+    """Docker hands a restarted container whatever address is free: stop two nodes, let other
+    containers take one of their addresses, start them again; every task must still run on the
+    node Slurm says it runs on (a stale address sends it to a neighbour).
+
+    Docker gives a new container the lowest free address of the network, and earlier tests may
+    have left lower ones free (removed nodes), so containers are started until one has taken a
+    stopped node's address."""
     before = {n: node_address(cluster, n) for n in ["node1", "node2"]}
     network = f"{cluster.project}_default"
     cluster.dc("stop", "-t", "2", "node1", "node2")
-    thief = subprocess.run(
-        ["docker", "run", "-d", "--rm", "--network", network, "--entrypoint", "sleep",
-         env_file()["SLURMLAB_IMAGE"], "600"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+    thieves: list[str] = []
     try:
+        while not any(container_address(t) in before.values() for t in thieves[-1:]):
+            assert len(thieves) < 32, f"no container took an address of {before}"
+            thieves.append(subprocess.run(
+                ["docker", "run", "-d", "--rm", "--network", network, "--entrypoint", "sleep",
+                 env_file()["SLURMLAB_IMAGE"], "600"],
+                capture_output=True, text=True, check=True,
+            ).stdout.strip())  # fmt: skip
         cluster.dc("start", "node2")
         cluster.dc("start", "node1")
         after = {n: node_address(cluster, n) for n in ["node1", "node2"]}
@@ -227,7 +237,7 @@ def test_nodes_restarted_on_new_addresses_run_their_own_tasks(cluster: Cluster) 
         assert sorted(p[1] for p in pairs) == NODES
         assert all(host == slurm_name for host, slurm_name in pairs), pairs
     finally:
-        subprocess.run(["docker", "rm", "-f", thief], capture_output=True)
+        subprocess.run(["docker", "rm", "-f", *thieves], capture_output=True)
 
 
 def test_shared_root_setting_moves_every_default_path(cluster: Cluster) -> None:
