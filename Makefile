@@ -8,12 +8,11 @@ export
 
 # The slurmlab CLI, run from this checkout: no install needed (this checkout's cluster needs only
 # Python's standard library). Its errors name make's variables (NODES=2), not the CLI's flags.
-SLURMLAB := SLURMLAB_COMMAND_STYLE=make PYTHONPATH=$(CURDIR) python3 -m slurmlab
+PYTHON_CLI := SLURMLAB_COMMAND_STYLE=make PYTHONPATH=$(CURDIR) python3 -m
+SLURMLAB := $(PYTHON_CLI) slurmlab
 # This checkout's cluster: mounted at /workspace, named COMPOSE_PROJECT_NAME (.env; tests use
 # another name).
 CLUSTER := --project $(CURDIR) --name $(COMPOSE_PROJECT_NAME)
-# Commands that need the cluster's environment (Compose project, files, shape) from the CLI.
-IN_CLUSTER = cluster=$$($(SLURMLAB) env $(CLUSTER)) && eval "$$cluster" &&
 # The shape, where make's command line gives it: NODES=N GPUS_PER_NODE=G, GPUS=1 for the host's
 # real GPUs. Otherwise the cluster keeps the shape it was given last (else .env's).
 given = $(filter command line,$(origin $(1)))
@@ -34,7 +33,7 @@ help: ## Show this help
 ## ---- cluster -----------------------------------------------------------------------------
 
 .PHONY: image
-image: ## Build the cluster image (and debian:trixie-slim locally if no registry has it)
+image: ## Build the cluster's images where missing (and debian:trixie-slim if no registry has it)
 	@$(SLURMLAB) build $(CLUSTER)
 
 .PHONY: up
@@ -70,15 +69,19 @@ logs: ## Follow a job's rank-0 output (JOB=<id>), or the daemons' logs
 shell: ## Open a shell on the controller (login node) as the job user
 	@$(SLURMLAB) shell $(CLUSTER)
 
+.PHONY: env
+env: ## Shell lines for a plain `docker compose` on the cluster: eval "$$(make -s env)"
+	@$(SLURMLAB) env $(CLUSTER)
+
 ## ---- jobs ------------------------------------------------------------------------------
 
 .PHONY: train
 train: up ## Run the DDP training job on every node and GPU through sbatch and follow it to the end
-	@$(IN_CLUSTER) scripts/train.sh --whole-cluster $(ARGS)
+	@$(PYTHON_CLI) slurmlab.train $(CLUSTER) $(if $(CONFIG),--config $(CONFIG)) --whole-cluster -- $(ARGS)
 
 .PHONY: submit
 submit: up ## Submit a job file (JOB=jobs/....sbatch ARGS="key=value ...") and follow it
-	@$(IN_CLUSTER) scripts/train.sh --job $(JOB) $(ARGS)
+	@$(PYTHON_CLI) slurmlab.train $(CLUSTER) $(if $(CONFIG),--config $(CONFIG)) --job $(JOB) -- $(ARGS)
 
 ## ---- development ------------------------------------------------------------------------
 
@@ -95,21 +98,24 @@ lint: $(VENV)/.installed ## ruff and shellcheck
 	@$(VENV)/bin/shellcheck $$(git ls-files --cached --others --exclude-standard '*.sh' '.ci/run' '*.sbatch')
 
 .PHONY: test-unit
-test-unit: image ## Trainer tests (CPU, multi-process gloo) inside the job image
-	@docker run --rm -u "$(JOB_UID)" -e HOME=/tmp -v "$(CURDIR):/workspace:ro" -w /workspace \
-	  --shm-size=1g $(SLURMLAB_IMAGE) python -m pytest -p no:cacheprovider -q tests/unit $(PYTEST_ARGS)
+test-unit: ## Trainer and CLI tests (CPU, multi-process gloo) inside the trainer's image
+	@$(PYTHON_CLI) slurmlab.dev test-unit $(PYTEST_ARGS)
 
 .PHONY: test-cluster
-test-cluster: image $(VENV)/.installed ## End-to-end tests on a real, throwaway cluster
+test-cluster: image $(VENV)/.installed ## End-to-end tests on a real cluster, kept between runs (make test-clean)
 	@$(VENV)/bin/pytest -p no:cacheprovider -q tests/cluster $(PYTEST_ARGS)
 
 .PHONY: test
 test: lint test-unit test-cluster ## All tests: lint, unit, end-to-end (builds what is missing)
 
+.PHONY: test-clean
+test-clean: ## Remove the test cluster that test-cluster keeps running between runs
+	@$(MAKE) -s clean COMPOSE_PROJECT_NAME=$${SLURMLAB_TEST_PROJECT:-slurmlab-test} \
+	  $(if $(filter 0,$(shell id -u)),-C $${TMPDIR:-/tmp}/$${SLURMLAB_TEST_PROJECT:-slurmlab-test}-checkout)
+
 .PHONY: bench
-bench: image ## Trainer benchmarks: throughput vs baseline, DDP scaling, time to accuracy (GPUS=1: on GPU)
-	@docker run --rm -u "$(JOB_UID)" -e HOME=/tmp -v "$(CURDIR):/workspace:ro" -w /workspace \
-	  --shm-size=1g $(if $(filter 1,$(GPUS)),--gpus all) $(SLURMLAB_IMAGE) python -m bench $(ARGS)
+bench: ## Trainer benchmarks: throughput vs baseline, DDP scaling, time to accuracy (GPUS=1: on GPU)
+	@$(PYTHON_CLI) slurmlab.dev bench $(if $(filter 1,$(GPUS)),--gpus) $(ARGS)
 
 .PHONY: bench-cluster
 bench-cluster: image $(VENV)/.installed ## Cluster latencies (up->ready, submit->training, ...) on a throwaway cluster

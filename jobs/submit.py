@@ -33,12 +33,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python jobs/submit.py` puts jobs/ on sys.path, not the checkout
     sys.path.insert(0, str(REPO))
 
+from slurmlab.facts import ACTIVE_JOB_STATES  # noqa: E402  (standard library only)
 from trainer.config import ConfigError, load_config, shared_path  # noqa: E402
 from trainer.submitit_job import TrainJob  # noqa: E402
 
 DEFAULT_CONFIG = "jobs/configs/resnet50_cifar10.yaml"
-# Slurm states of a job that has not ended yet (sacct(1), JOB STATE CODES); any other is final.
-ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "COMPLETING", "SUSPENDED", "RESIZING"}
 
 
 def slurm_parameters(
@@ -93,7 +92,7 @@ def final_states(job_ids: list[str], timeout_s: float = 120) -> dict[str, str]:
         ).stdout
         states = dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
         states = {job: state.split()[0] for job, state in states.items() if job in job_ids}
-        done = len(states) == len(job_ids) and not ACTIVE_STATES & set(states.values())
+        done = len(states) == len(job_ids) and not set(ACTIVE_JOB_STATES) & set(states.values())
         if done or time.monotonic() > deadline:
             return {job: states.get(job, "UNKNOWN") for job in job_ids}
         time.sleep(1)

@@ -30,11 +30,12 @@ while squeue -h -j "${job}" -o %T 2>/dev/null | grep -q .; do
 done
 print_new
 
-# Accounting may lag the queue by a moment.
+# Accounting may lag the queue by a moment: the job's record is final once it has an end time.
 state=""
 for _ in $(seq 1 30); do
-    state=$(sacct -X -n -P -j "${job}" -o State 2>/dev/null | head -1)
-    [[ -n ${state} && ${state} != RUNNING && ${state} != PENDING && ${state} != REQUEUED ]] && break
+    record=$(sacct -X -n -P -j "${job}" -o State,End 2>/dev/null | head -1)
+    state=${record%%|*}
+    [[ ${record} == *'|'* && ${record#*|} != Unknown ]] && break
     sleep 1
 done
 echo "== sacct:"

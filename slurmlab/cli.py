@@ -19,9 +19,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from slurmlab import __version__
+from slurmlab import __version__, facts
 from slurmlab.cluster import Cluster, list_clusters
-from slurmlab.config import GPU_MODES, ShapeRequest, Style
+from slurmlab.config import ShapeRequest, Style
 from slurmlab.errors import SlurmlabError
 from slurmlab.project import open_project
 
@@ -52,12 +52,16 @@ def parser() -> argparse.ArgumentParser:
         "cluster's current shape, else 4 x 1 emulated)"
     )
     # Taken as text and checked by slurmlab.config, whose errors name the fix.
-    sizes.add_argument("--nodes", metavar="N", help="compute nodes node1..nodeN (1-16)")
-    sizes.add_argument("--gpus-per-node", metavar="G", help="GPUs per node (1-8)")
+    sizes.add_argument(
+        "--nodes", metavar="N", help=f"compute nodes node1..nodeN (1-{facts.max_nodes()})"
+    )
+    sizes.add_argument(
+        "--gpus-per-node", metavar="G", help=f"GPUs per node (1-{facts.MAX_GPUS_PER_NODE})"
+    )
     sizes.add_argument(
         "--gpu-mode",
         metavar="MODE",
-        help=f"{' or '.join(GPU_MODES)}: emulated devices, or the host's GPUs",
+        help=f"{' or '.join(facts.GPU_MODES)}: emulated devices, or the host's GPUs",
     )
 
     top = argparse.ArgumentParser(

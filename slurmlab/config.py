@@ -6,12 +6,14 @@ slurmlab.yaml sits at the root of the user's project; every key is optional:
     nodes: 2                  # compute nodes node1..nodeN, 1 to 16 (default 4)
     gpus_per_node: 1          # GPUs per node, 1 to 8 (default 1)
     gpu_mode: emulated        # emulated (any machine) or nvidia (the host's GPUs)
+    stack: base               # the Python the project's requirements go on: base (Python 3.13
+                              # with submitit) or trainer (plus slurmlab's torch stack)
     requirements: requirements.txt   # Python dependencies to install in the cluster's
                               # environment: a requirements file or pyproject.toml; false: none
                               # (default: requirements.txt, else pyproject.toml, when present)
 
 Each shape setting is taken from the first place that gives it: the command line, slurmlab.yaml,
-the shape the running cluster was given last (shape.env in its state folder), .env's default.
+the shape the cluster was given last (slurmlab.state), .env's default.
 Every value is checked before anything is built or started; an error names the setting as the
 user wrote it and how to fix it.
 """
@@ -25,13 +27,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from slurmlab import resources
+from slurmlab import facts
 from slurmlab.errors import SlurmlabError
+from slurmlab.facts import GPU_MODES, MAX_GPUS_PER_NODE
+from slurmlab.images import STACKS
+from slurmlab.state import Recorded
 
 CONFIG_FILE_NAME = "slurmlab.yaml"
-GPU_MODES = ("emulated", "nvidia")
-MAX_GPUS_PER_NODE = 8
-KEYS = ("name", "nodes", "gpus_per_node", "gpu_mode", "requirements")
+KEYS = ("name", "nodes", "gpus_per_node", "gpu_mode", "stack", "requirements")
 # A Compose project name: it prefixes the cluster's containers, network and volumes.
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
@@ -45,6 +48,7 @@ class ProjectConfig:
     nodes: int | None = None
     gpus_per_node: int | None = None
     gpu_mode: str | None = None
+    stack: str | None = None
     requirements: str | bool | None = None
 
 
@@ -102,6 +106,12 @@ def load_config(path: Path) -> ProjectConfig:
     gpu_mode = data.get("gpu_mode")
     if gpu_mode is not None and gpu_mode not in GPU_MODES:
         raise SlurmlabError(f"{said('gpu_mode')}: expected one of {', '.join(GPU_MODES)}")
+    stack = data.get("stack")
+    if stack is not None and stack not in STACKS:
+        raise SlurmlabError(
+            f"{said('stack')}: expected base (Python with submitit) or trainer (plus "
+            "slurmlab's torch stack)"
+        )
     requirements = data.get("requirements")
     if requirements is True:
         raise SlurmlabError(f"{said('requirements')}: name the file, or false for none")
@@ -116,6 +126,7 @@ def load_config(path: Path) -> ProjectConfig:
         nodes=integer("nodes"),
         gpus_per_node=integer("gpus_per_node"),
         gpu_mode=gpu_mode,
+        stack=stack,
         requirements=requirements,
     )
 
@@ -138,6 +149,9 @@ class Style:
     @property
     def shell(self) -> str:
         return "make shell" if self.make else "slurmlab shell"
+
+    def logs(self, job: str) -> str:
+        return f"make logs JOB={job}" if self.make else f"slurmlab logs {job}"
 
     def nodes(self, value: object) -> str:
         return f"NODES={value}" if self.make else f"--nodes {value}"
@@ -171,16 +185,6 @@ class ShapeRequest:
     gpu_mode: str | None = None
 
 
-def read_recorded_shape(shape_file: Path) -> dict[str, str]:
-    """The shape a cluster was last given (written by scripts/up.sh), {} when there is none."""
-    if not shape_file.is_file():
-        return {}
-    recorded = resources.read_env_file(shape_file)
-    if "GPU_MODE" not in recorded and "GPUS" in recorded:  # written by slurmlab before 0.1.0
-        recorded["GPU_MODE"] = "nvidia" if recorded["GPUS"] == "1" else "emulated"
-    return recorded
-
-
 def host_gpu_count() -> int:
     """The host's NVIDIA GPUs, as `nvidia-smi -L` lists them (0 without nvidia-smi)."""
     try:
@@ -195,50 +199,38 @@ def host_gpu_count() -> int:
 def resolve_shape(
     request: ShapeRequest,
     config: ProjectConfig,
-    recorded: dict[str, str],
+    recorded: Recorded,
     style: Style,
     host_gpus: Callable[[], int] = host_gpu_count,
 ) -> Shape:
     """The shape to build: each setting from the first place that gives it, checked."""
 
-    def pick(
-        flag: str | None,
-        said_flag: str,
-        from_file: object,
-        file_key: str,
-        recorded_key: str,
-        env_key: str,
-    ) -> tuple[str, str]:
+    def pick(flag: str | None, said_flag: str, key: str, env_key: str) -> tuple[str, str]:
         if flag is not None:
             return flag, said_flag
+        from_file = getattr(config, key)
         if from_file is not None:
-            return str(from_file), f"{file_key}: {from_file} in {config.path}"
-        if recorded.get(recorded_key):
-            return recorded[recorded_key], f"{recorded_key}={recorded[recorded_key]} (recorded)"
-        value = resources.setting(env_key)
+            return str(from_file), f"{key}: {from_file} in {config.path}"
+        last = getattr(recorded, key)
+        if last is not None:
+            return str(last), f"{key}={last} (the cluster's last shape)"
+        value = facts.setting(env_key)
         return value, f"{env_key}={value} (.env)"
 
     nodes_raw, nodes_said = pick(
-        request.nodes, style.nodes(request.nodes), config.nodes, "nodes", "NODES", "SLURMLAB_NODES"
+        request.nodes, style.nodes(request.nodes), "nodes", "SLURMLAB_NODES"
     )
     gpus_raw, gpus_said = pick(
         request.gpus_per_node,
         style.gpus_per_node(request.gpus_per_node),
-        config.gpus_per_node,
         "gpus_per_node",
-        "GPUS_PER_NODE",
         "SLURMLAB_GPUS_PER_NODE",
     )
     mode, mode_said = pick(
-        request.gpu_mode,
-        style.gpu_mode(request.gpu_mode or ""),
-        config.gpu_mode,
-        "gpu_mode",
-        "GPU_MODE",
-        "SLURMLAB_GPU_MODE",
+        request.gpu_mode, style.gpu_mode(request.gpu_mode or ""), "gpu_mode", "SLURMLAB_GPU_MODE"
     )
 
-    most = resources.max_nodes()
+    most = facts.max_nodes()
     if not nodes_raw.isdigit() or not 1 <= int(nodes_raw) <= most:
         raise SlurmlabError(
             f"{nodes_said}: a cluster has 1 to {most} nodes (the node services in "

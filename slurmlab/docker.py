@@ -1,29 +1,22 @@
-"""Docker and Compose, as the CLI drives them: the compose command, the cluster's containers."""
+"""Docker and Compose, as the CLI drives them: every Docker call slurmlab makes goes through here.
+
+Compose starts, reshapes and stops a cluster; everything else talks to the containers with the
+docker CLI directly (`docker exec`, `docker ps`), which answers in tens of milliseconds where
+Compose v1 takes most of a second to start.
+"""
 
 from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 
-from slurmlab import resources
+from slurmlab import facts
 from slurmlab.errors import SlurmlabError
-
-PROJECT_LABEL = "com.docker.compose.project"
-SERVICE_LABEL = "com.docker.compose.service"
-PROJECT_DIR_LABEL = "io.slurmlab.project-dir"  # set in docker-compose.yml
-
-
-@cache
-def compose_command() -> tuple[str, ...]:
-    """$COMPOSE if set, else the Docker Compose v2 plugin if present, else docker-compose (v1)."""
-    if os.environ.get("COMPOSE"):
-        return tuple(shlex.split(os.environ["COMPOSE"]))
-    v2 = subprocess.run(["docker", "compose", "version"], capture_output=True)
-    return ("docker", "compose") if v2.returncode == 0 else ("docker-compose",)
 
 
 def run(
@@ -34,60 +27,130 @@ def run(
     )  # type: ignore[call-overload]
 
 
-def output(args: Sequence[str]) -> str:
-    """stdout of a docker command that must work (listing containers, images)."""
-    proc = run(args, capture_output=True)
+def output(args: Sequence[str], what: str = "") -> str:
+    """stdout of a command that must work; a failure is an error that says what failed."""
+    try:
+        proc = run(args, capture_output=True)
+    except FileNotFoundError as err:
+        raise SlurmlabError(f"{args[0]} is not installed: {what or shlex.join(args)}") from err
     if proc.returncode != 0:
         said = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
-        raise SlurmlabError(
-            f"`{shlex.join(args)}` failed: {said[0]}. Is the Docker daemon running and yours to "
-            "use (docker info)?",
-            exit_code=1,
-        )
+        if args[0] == "docker" and "daemon" in said[0]:
+            raise SlurmlabError(
+                f"cannot reach the Docker daemon ({said[0]}). Start it (e.g. sudo systemctl "
+                "start docker), or check DOCKER_HOST and that your user may use Docker "
+                "(docker info)",
+                exit_code=1,
+            )
+        raise SlurmlabError(f"{what or f'`{shlex.join(args)}`'} failed: {said[0]}", exit_code=1)
     return proc.stdout
+
+
+@cache
+def check_docker() -> None:
+    """A reachable Docker daemon and Compose, checked once before a command changes anything."""
+    output(["docker", "version", "--format", "{{.Server.Version}}"], "asking Docker its version")
+    compose_command()
+
+
+@cache
+def compose_command() -> tuple[str, ...]:
+    """$COMPOSE if set, else the Docker Compose v2 plugin, else docker-compose (v1).
+
+    Both stay supported: Debian 12, and this project's CI host, ship only v1."""
+    if os.environ.get("COMPOSE"):
+        return tuple(shlex.split(os.environ["COMPOSE"]))
+    if run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ("docker", "compose")
+    if shutil.which("docker-compose"):
+        return ("docker-compose",)
+    raise SlurmlabError(
+        "Docker Compose is missing: install the compose plugin (docker compose) or docker-compose",
+        exit_code=1,
+    )
+
+
+def compose(args: Sequence[str], env: Mapping[str, str], **kwargs: object) -> int:
+    """Run Compose on the cluster that env describes (COMPOSE_PROJECT_NAME, COMPOSE_FILE)."""
+    return run([*compose_command(), *args], env=env, **kwargs).returncode
 
 
 @dataclass(frozen=True)
 class Container:
+    id: str
     cluster: str  # its Compose project
     service: str
     running: bool
+    health: str  # healthy, unhealthy, starting, or "" without a healthcheck
+    image: str  # as Compose gave it (a tag)
     project_dir: str  # the io.slurmlab.project-dir label: the project it was started for
+    runtime: str = ""  # the io.slurmlab.runtime label: the digest of images/runtime/ it runs
+
+    @property
+    def healthy(self) -> bool:
+        return self.running and self.health == "healthy"
+
+
+def _health(status: str) -> str:
+    for word in ("unhealthy", "healthy", "health: starting"):
+        if f"({word})" in status:
+            return word.removeprefix("health: ")
+    return ""
 
 
 def containers(project: str | None = None) -> list[Container]:
     """The containers of one cluster (Compose project), or of every slurmlab cluster."""
-    label = f"{PROJECT_LABEL}={project}" if project else PROJECT_DIR_LABEL
-    fmt = (
-        f'{{{{.Label "{PROJECT_LABEL}"}}}}\t{{{{.Label "{SERVICE_LABEL}"}}}}\t{{{{.State}}}}\t'
-        f'{{{{.Label "{PROJECT_DIR_LABEL}"}}}}'
+    label = f"{facts.PROJECT_LABEL}={project}" if project else facts.PROJECT_DIR_LABEL
+    columns = [
+        "{{.ID}}",
+        f'{{{{.Label "{facts.PROJECT_LABEL}"}}}}',
+        f'{{{{.Label "{facts.SERVICE_LABEL}"}}}}',
+        "{{.State}}",
+        "{{.Status}}",
+        "{{.Image}}",
+        f'{{{{.Label "{facts.PROJECT_DIR_LABEL}"}}}}',
+        f'{{{{.Label "{facts.RUNTIME_LABEL}"}}}}',
+    ]
+    rows = output(
+        ["docker", "ps", "-a", "--filter", f"label={label}", "--format", "\t".join(columns)],
+        "listing the cluster's containers (docker ps)",
     )
-    rows = output(["docker", "ps", "-a", "--filter", f"label={label}", "--format", fmt])
     found = []
     for row in rows.splitlines():
-        cluster, service, state, project_dir = [*row.split("\t"), "", "", ""][:4]
-        found.append(Container(cluster, service, state == "running", project_dir))
+        cid, cluster, service, state, status, image, project_dir, runtime = [
+            *row.split("	"),
+            *[""] * 8,
+        ][:8]
+        running = state == "running"
+        found.append(
+            Container(cid, cluster, service, running, _health(status), image, project_dir, runtime)
+        )
     return found
 
 
-def image_id(image: str) -> str | None:
-    proc = run(["docker", "image", "inspect", "-f", "{{.Id}}", image], capture_output=True)
-    return proc.stdout.strip() if proc.returncode == 0 else None
+def exec_args(
+    container: Container,
+    command: Sequence[str],
+    user: str | None = None,
+    workdir: str | None = None,
+    interactive: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> list[str]:
+    args = ["docker", "exec"]
+    if interactive:
+        args.append("-it")
+    if user:
+        args += ["-u", user]
+    if workdir:
+        args += ["-w", workdir]
+    for key, value in (env or {}).items():
+        args += ["-e", f"{key}={value}"]
+    return [*args, container.id, *command]
 
 
-def image_label(image: str, label: str) -> str | None:
-    proc = run(
-        ["docker", "image", "inspect", "-f", f'{{{{index .Config.Labels "{label}"}}}}', image],
-        capture_output=True,
-    )
-    return proc.stdout.strip() if proc.returncode == 0 else None
+def image_exists(tag: str) -> bool:
+    return run(["docker", "image", "inspect", tag], capture_output=True).returncode == 0
 
 
-def run_script(name: str, *args: str, env: Mapping[str, str]) -> int:
-    """Run one of scripts/ (the cluster operations) with the given environment; its status."""
-    return run(["bash", str(resources.script(name)), *args], env=env).returncode
-
-
-def base_env() -> dict[str, str]:
-    """The environment for scripts and Compose: .env's settings under the caller's environment."""
-    return {**resources.env_defaults(), **os.environ}
+def image_size_bytes(tag: str) -> int:
+    return int(output(["docker", "image", "inspect", "-f", "{{.Size}}", tag]).strip())

@@ -9,7 +9,7 @@ slurmlab.yaml, else the root of the git work tree you stand in, else the current
 - Its cluster is named after the folder and a hash of its path (slurmlab-<folder>-<hash>), so
   clusters of projects with the same folder name never share containers, networks or volumes;
   slurmlab's own checkout uses COMPOSE_PROJECT_NAME from .env.
-- The cluster's files on the host (recorded shape, GPU override, the shared filesystem behind
+- The cluster's files on the host (its recorded state, GPU override, the shared filesystem behind
   /shared) live in <project>/.slurmlab/<cluster name>/ (SLURMLAB_HOST_DIR in .env), which carries
   its own .gitignore.
 """
@@ -21,17 +21,16 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from slurmlab import resources
+from slurmlab import facts, resources
 from slurmlab.config import CONFIG_FILE_NAME, ProjectConfig, check_name, load_config
 from slurmlab.errors import SlurmlabError
 
-SLURMLAB_CHECKOUT_MOUNT = "/workspace"
 # Paths the cluster's containers need for themselves: a project mounted over one of them (or
 # over a folder that holds one) would hide the system, Slurm's state or the job environment.
 CONTAINER_PATHS = (
     "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/opt/venv", "/proc", "/run",
     "/sbin", "/sys", "/usr", "/var/lib/mysql", "/var/log", "/var/run", "/var/spool",
-    "/home/slurmlab",
+    f"/home/{facts.JOB_USER}",
 )  # fmt: skip
 
 
@@ -45,7 +44,7 @@ class Project:
 
     @property
     def state_root(self) -> Path:
-        root = Path(resources.setting("SLURMLAB_HOST_DIR"))
+        root = Path(facts.setting("SLURMLAB_HOST_DIR"))
         return root if root.is_absolute() else (self.dir / root).resolve()
 
     @property
@@ -57,12 +56,9 @@ class Project:
         return self.state_dir / "shared"
 
     @property
-    def shape_file(self) -> Path:
-        return self.state_dir / "shape.env"
-
-    @property
     def gpu_override(self) -> Path:
-        return self.state_dir / "compose.gpus.yml"
+        """The Compose override that gives nodes the host's GPUs (written by the CLI)."""
+        return self.state_dir / "compose.gpus.json"
 
     def mount_of(self, host_path: Path) -> str:
         """Where a host path inside the project is on the containers (the project's root when
@@ -141,15 +137,15 @@ def open_project(
         cluster_name = config.name
     elif is_checkout:
         cluster_name = check_name(
-            resources.setting("COMPOSE_PROJECT_NAME"), "COMPOSE_PROJECT_NAME in .env"
+            facts.setting("COMPOSE_PROJECT_NAME"), "COMPOSE_PROJECT_NAME in .env"
         )
     else:
         cluster_name = default_name(folder)
 
     if is_checkout:
-        mount = SLURMLAB_CHECKOUT_MOUNT
+        mount = facts.CHECKOUT_MOUNT
     else:
-        check_mount(folder, resources.setting("SLURMLAB_SHARED"))
+        check_mount(folder, facts.shared_root())
         mount = str(folder)
     return Project(
         dir=folder, config=config, name=cluster_name, mount=mount, is_slurmlab_checkout=is_checkout

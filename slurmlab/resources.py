@@ -1,4 +1,4 @@
-"""Where slurmlab's cluster definition lives, and its settings.
+"""Where slurmlab's cluster definition lives.
 
 The cluster definition is docker-compose.yml, .env, slurm/, images/ and scripts/: in a source
 checkout they are the checkout's own top-level files; an installed slurmlab carries a copy of
@@ -8,8 +8,7 @@ reads them from here, so a checkout and an installed CLI start the same cluster.
 
 from __future__ import annotations
 
-import os
-import re
+import hashlib
 from functools import cache
 from pathlib import Path
 
@@ -24,7 +23,7 @@ COMPOSE_FILE_NAME = "docker-compose.yml"
 def cluster_dir() -> Path:
     """The folder that holds docker-compose.yml, .env, slurm/, images/ and scripts/."""
     for candidate in (BUNDLED_DIR, PACKAGE_DIR.parent):
-        if (candidate / COMPOSE_FILE_NAME).is_file() and (candidate / "scripts").is_dir():
+        if (candidate / COMPOSE_FILE_NAME).is_file() and (candidate / "images").is_dir():
             return candidate
     raise SlurmlabError(
         f"slurmlab's cluster files are missing (looked in {BUNDLED_DIR} and {PACKAGE_DIR.parent}): "
@@ -42,42 +41,19 @@ def compose_file() -> Path:
     return cluster_dir() / COMPOSE_FILE_NAME
 
 
+def images_dir() -> Path:
+    return cluster_dir() / "images"
+
+
+def runtime_digest() -> str:
+    """Of images/runtime/ (entrypoint, healthcheck, seff): mounted, not built into the images."""
+    h = hashlib.sha256()
+    runtime = images_dir() / "runtime"
+    for path in sorted(p for p in runtime.rglob("*") if p.is_file()):
+        h.update(path.relative_to(runtime).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def script(name: str) -> Path:
+    """One of scripts/: tools that run on the cluster's login node."""
     return cluster_dir() / "scripts" / name
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines of a .env-style file (no quoting, # comments), in order."""
-    values: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        values[key.strip()] = value.strip()
-    return values
-
-
-@cache
-def env_defaults() -> dict[str, str]:
-    """The settings in .env: the one source of truth for build and run settings."""
-    return read_env_file(cluster_dir() / ".env")
-
-
-def setting(name: str) -> str:
-    """A .env setting; the environment overrides it, as Docker Compose does."""
-    value = os.environ.get(name, env_defaults().get(name))
-    if value is None:
-        raise SlurmlabError(f"{name} is not set in {cluster_dir() / '.env'}", exit_code=1)
-    return value
-
-
-@cache
-def max_nodes() -> int:
-    """How many nodes a cluster may have: the node services (node1..nodeN) in the compose file.
-
-    Slurm's MaxNodeCount (slurm/slurm.conf) is kept equal to it."""
-    services = re.findall(r"^  node(\d+):", compose_file().read_text(), re.M)
-    if not services:
-        raise SlurmlabError(f"no node services in {compose_file()}", exit_code=1)
-    return len(services)

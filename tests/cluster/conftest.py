@@ -1,19 +1,25 @@
-"""A real, throwaway slurmlab cluster for end-to-end tests.
+"""A real slurmlab cluster for end-to-end tests, shared by every test file and kept between runs.
 
-The cluster runs under its own Compose project (``slurmlab-test``) so the tests never touch a
-user's cluster. It is created from nothing (``make clean up``) once per test session; the last test
-module (``test_zz_teardown.py``) removes it and asserts nothing is left running.
+The cluster runs under its own name (``slurmlab-test``, SLURMLAB_TEST_PROJECT) so the tests never
+touch a user's cluster. The session fixture brings it to the default shape with ``make up``, which
+reuses a test cluster left running by an earlier run (nothing to do when it is up: about a
+second) and starts one otherwise; a test that changes the cluster (its shape, a stopped node, a
+restart) puts it back before it ends. So any file, any test (``-k``) runs alone, in any order.
+``make test-clean`` removes the test cluster.
 
 Tests drive it the way a user does: ``make`` targets on the host, and commands typed in
-``make shell`` (a login shell as the job user, in the checkout) for everything inside.
+``make shell`` (a login shell as the job user, in the checkout), through the CLI's own
+``exec``. Commands on other containers go through ``docker exec`` and say so.
 """
 
 from __future__ import annotations
 
+import filecmp
 import os
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -24,42 +30,51 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from slurmlab import docker, facts  # noqa: E402  (the checkout's own package, from REPO)
+
 PROJECT = os.environ.get("SLURMLAB_TEST_PROJECT", "slurmlab-test")
-JOB_USER = "slurmlab"
-# Services that never see the project (docker-compose.yml): only Slurm's config and their secrets.
-ACCOUNTING_TIER = ("mariadb", "slurmdbd")
+JOB_USER = facts.JOB_USER
+MOUNT = facts.CHECKOUT_MOUNT  # where the checkout is on every container
+SHARED = facts.shared_root()  # the cluster's shared filesystem, as jobs see it
 # An ordinary user's uid that the image does not know: the checkout's owner in a user's clone.
 CHECKOUT_UID = 1234
+DEFAULT_SHAPE = ("NODES=4", "GPUS_PER_NODE=1", "GPUS=0")
+NODES = [facts.node_name(k) for k in range(1, 5)]
 
 
-def env_file(repo: Path = REPO) -> dict[str, str]:
-    """The settings in .env (the one source of truth for build and run settings)."""
-    return dict(
-        line.split("=", 1)
-        for line in (repo / ".env").read_text().splitlines()
-        if "=" in line and not line.startswith("#")
-    )
-
-
-SHARED = env_file()["SLURMLAB_SHARED"]  # the cluster's shared filesystem, as jobs see it
+def tracked_files(repo: Path = REPO) -> list[str]:
+    out = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=repo,
+        capture_output=True,
+        check=True,
+    ).stdout
+    return [name for name in out.decode().split("\0") if name and (repo / name).is_file()]
 
 
 def copy_checkout(dest: Path, uid: int) -> Path:
-    """Copy the working tree (tracked and untracked, not ignored files) to dest, owned by uid."""
-    shutil.rmtree(dest, ignore_errors=True)
-    files = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        check=True,
-    ).stdout.split(b"\0")
-    for name in filter(None, (f.decode() for f in files)):
-        if (REPO / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, dest / name)
-    for root, dirs, names in os.walk(dest):
-        for name in [*dirs, *names]:
-            os.chown(os.path.join(root, name), uid, uid)
+    """The working tree (tracked and untracked, not ignored files) at dest, owned by uid.
+
+    Updated in place: a running cluster mounts dest, and a mount of a folder that was removed
+    and made again would still show the removed one."""
+    dest.mkdir(parents=True, exist_ok=True)
+    names = tracked_files()
+    for name in names:
+        source, target = REPO / name, dest / name
+        if not target.is_file() or not filecmp.cmp(source, target, shallow=False):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    keep = {Path(name).parts[0] for name in names} | {".slurmlab"}
+    for entry in dest.iterdir():
+        if entry.name not in keep and not entry.name.startswith("slurm-"):
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    for root, dirs, files in os.walk(dest):
+        dirs[:] = [d for d in dirs if d != ".slurmlab"]  # the cluster's own files keep theirs
+        for name in [*dirs, *files]:
+            os.lchown(os.path.join(root, name), uid, uid)
     os.chown(dest, uid, uid)
     return dest
 
@@ -78,11 +93,6 @@ def user_checkout() -> Path:
 CHECKOUT = user_checkout()
 
 
-def compose_command() -> list[str]:
-    v2 = subprocess.run(["docker", "compose", "version"], capture_output=True)
-    return ["docker", "compose"] if v2.returncode == 0 else ["docker-compose"]
-
-
 def make(
     *targets: str, timeout: float = 3600, checkout: Path = CHECKOUT, project: str = PROJECT
 ) -> subprocess.CompletedProcess[str]:
@@ -96,19 +106,50 @@ def make(
     )
 
 
+def slurmlab(
+    *args: str,
+    checkout: Path = CHECKOUT,
+    project: str = PROJECT,
+    timeout: float = 600,
+    stdin: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """The CLI from the checkout, on the test cluster (what make's targets run)."""
+    command, *rest = args
+    return subprocess.run(
+        [sys.executable, "-m", "slurmlab", command, "--project", str(checkout), "--name",
+         project, *rest],
+        cwd=checkout,
+        env={**os.environ, "PYTHONPATH": str(checkout)},
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+        input=stdin,
+    )  # fmt: skip
+
+
 @dataclass
 class Cluster:
     project: str
     checkout: Path = CHECKOUT
-    compose: list[str] = field(default_factory=compose_command)
     up_seconds: float = 0.0
+    _env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def compose_env(self) -> dict[str, str]:
+        """What `slurmlab env` (make env) gives a plain docker compose."""
+        if not self._env:
+            proc = slurmlab("env", checkout=self.checkout, project=self.project)
+            assert proc.returncode == 0, proc.stderr
+            for line in proc.stdout.splitlines():
+                key, _, value = line.removeprefix("export ").partition("=")
+                self._env[key] = shlex.split(value)[0] if value else ""
+        return {**os.environ, **self._env}
 
     def dc(
         self, *args: str, timeout: float = 300, check: bool = True, stdin: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        cmd = [*self.compose, "-p", self.project, *args]
-        # Compose reads the project name from the environment too, for the paths it derives.
-        env = {**os.environ, "COMPOSE_PROJECT_NAME": self.project}
+        """docker compose on the cluster, after `eval "$(make env)"`, as a user would."""
+        cmd = [*docker.compose_command(), *args]
         proc = subprocess.run(
             cmd,
             cwd=self.checkout,
@@ -116,7 +157,7 @@ class Cluster:
             capture_output=True,
             timeout=timeout,
             input=stdin,
-            env=env,
+            env=self.compose_env,
         )
         if check and proc.returncode != 0:
             raise AssertionError(
@@ -124,24 +165,39 @@ class Cluster:
             )
         return proc
 
+    def container_id(self, service: str) -> str:
+        found = [c for c in docker.containers(self.project) if c.service == service]
+        assert found, f"no {service} container in cluster {self.project}"
+        return found[0].id
+
     def run(
         self,
         script: str,
-        service: str = "slurmctld",
+        service: str = facts.LOGIN_SERVICE,
         user: str | None = JOB_USER,
         check: bool = True,
         timeout: float = 300,
         stdin: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run a bash script in a container, by default as `make shell` does: a login shell as
-        the job user, in the checkout (/workspace; the accounting tier does not mount it)."""
-        args = ["exec", "-T"]
-        if user:
-            args += ["-u", user]
-        if service not in ACCOUNTING_TIER:
-            script = f"cd /workspace && {script}"
-        args += [service, "bash", "-lc", script]
-        return self.dc(*args, timeout=timeout, check=check, stdin=stdin)
+        """Run a bash script as `make shell` does: a login shell as the job user, in the
+        checkout, on the login node (`slurmlab exec`). On another container, or as another
+        user, it runs there through `docker exec` in a login shell, in the checkout where that
+        container mounts it."""
+        if service == facts.LOGIN_SERVICE and user == JOB_USER:
+            proc = slurmlab(
+                "exec", "--", "bash", "-c", script,
+                checkout=self.checkout, project=self.project, timeout=timeout, stdin=stdin,
+            )  # fmt: skip
+        else:
+            workdir = [] if service in facts.ACCOUNTING_TIER else ["-w", MOUNT]
+            cmd = ["docker", "exec", "-i", *(["-u", user] if user else []), *workdir,
+                   self.container_id(service), "bash", "-lc", script]  # fmt: skip
+            proc = subprocess.run(cmd, text=True, capture_output=True, timeout=timeout, input=stdin)
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"{script!r} on {service} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+            )
+        return proc
 
     def login(self, script: str, **kwargs: object) -> str:
         """stdout of a script run on the login node (slurmctld) as the job user."""
@@ -176,7 +232,7 @@ class Cluster:
         deadline = time.monotonic() + wait_s
         while True:
             out = self.login(f"sacct -X -n -P -j {job} -o {fields}").strip()
-            if out and out.split("|")[0] not in {"PENDING", "RUNNING", "REQUEUED", "COMPLETING"}:
+            if out and out.split("|")[0] not in facts.ACTIVE_JOB_STATES:
                 return out.split("|")
             if time.monotonic() > deadline:
                 raise AssertionError(
@@ -221,6 +277,15 @@ class Cluster:
         )
         return self.sacct(job)
 
+    def wait_idle(self, timeout: float = 300) -> None:
+        """Until the default four nodes are idle (a test that stopped or drained one is done)."""
+
+        def idle() -> bool:
+            rows = set(self.login("sinfo -h -N -o '%N %t'").splitlines())
+            return rows == {f"{node} idle" for node in NODES}
+
+        self.wait_for("the four nodes to be idle", idle, timeout)
+
     def tmp_path(self, stem: str) -> str:
         """A fresh path on the shared filesystem, visible at the same place on every node."""
         return f"{SHARED}/tests/{stem}-{uuid.uuid4().hex[:8]}"
@@ -228,7 +293,7 @@ class Cluster:
     @property
     def shared_host_dir(self) -> Path:
         """The host directory behind the cluster's shared filesystem (see .env)."""
-        return self.checkout / env_file()["SLURMLAB_HOST_DIR"] / self.project / "shared"
+        return self.checkout / facts.setting("SLURMLAB_HOST_DIR") / self.project / "shared"
 
 
 DEMO_CONFIG = "jobs/configs/simple_cnn_synthetic.yaml"  # the CPU demo: quick on emulated GPUs
@@ -247,11 +312,28 @@ def submit_training(cluster: Cluster, sbatch_args: str = "", trainer_args: str =
     )
 
 
+def cancel_leftover_jobs(project: str) -> None:
+    """Jobs an interrupted earlier run left on a reused cluster would hold its nodes."""
+    login = [c for c in docker.containers(project) if c.service == facts.LOGIN_SERVICE]
+    if not login or not login[0].running:
+        return
+    cid = login[0].id
+    subprocess.run(["docker", "exec", cid, "scancel", "-u", JOB_USER], capture_output=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        queue = subprocess.run(
+            ["docker", "exec", cid, "squeue", "-h", "-o", "%i"], capture_output=True, text=True
+        )
+        if queue.returncode != 0 or not queue.stdout.strip():
+            return
+        time.sleep(1)
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
-    make("clean", timeout=300)
+    cancel_leftover_jobs(PROJECT)
     started = time.monotonic()
-    proc = make("up")
+    proc = make("up", *DEFAULT_SHAPE)
     if proc.returncode != 0:
         pytest.fail(f"make up failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     c = Cluster(PROJECT, up_seconds=time.monotonic() - started)

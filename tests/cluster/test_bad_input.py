@@ -118,7 +118,7 @@ def test_a_shape_that_cannot_be_built_is_refused_before_anything_changes(
     if "GPUS=1" in settings and subprocess.run(["which", "nvidia-smi"]).returncode == 0:
         pytest.skip("this host has NVIDIA GPUs")
     containers = cluster_containers()
-    shape = (cluster.shared_host_dir.parent / "shape.env").read_text()
+    recorded = (cluster.shared_host_dir.parent / "cluster.json").read_text()
     proc = subprocess.run(
         ["make", *settings, f"COMPOSE_PROJECT_NAME={PROJECT}"],
         cwd=CHECKOUT, capture_output=True, text=True, timeout=300,
@@ -126,7 +126,7 @@ def test_a_shape_that_cannot_be_built_is_refused_before_anything_changes(
     assert proc.returncode != 0
     assert message in proc.stderr, proc.stderr[-2000:]
     assert cluster_containers() == containers
-    assert (cluster.shared_host_dir.parent / "shape.env").read_text() == shape
+    assert (cluster.shared_host_dir.parent / "cluster.json").read_text() == recorded
     assert cluster.node_names() == ["node1", "node2", "node3", "node4"]
 
 

@@ -8,7 +8,7 @@ import subprocess
 import tarfile
 
 import pytest
-from conftest import Cluster, env_file
+from conftest import Cluster, slurmlab
 
 
 def compose_nodes(cluster: Cluster) -> list[str]:
@@ -116,11 +116,13 @@ def test_db_password_is_private_to_the_database_and_slurmdbd(cluster: Cluster) -
 
 
 def test_secrets_never_reach_the_logs(cluster: Cluster) -> None:
+    """Every container's log since it started (a fresh cluster's, with the secrets' creation:
+    tests/cluster/test_projects.py, test_a_fresh_clusters_secrets_are_created_and_never_logged)."""
     password = cluster.run("cat /run/slurmlab/db/password", service="mariadb", user="root").stdout
     key = cluster.run("base64 -w0 /etc/munge/munge.key", service="slurmctld", user="root").stdout
     assert len(password.strip()) >= 32 and len(key) > 1000
     logs = cluster.dc("logs", "--no-color").stdout
-    assert "creating this cluster's database password" in logs  # we do read the right logs
+    assert "slurmdbd version" in logs and "slurmctld version" in logs  # the right logs
     assert password.strip() not in logs
     assert key[:64] not in logs
     rendered = cluster.run("cat /etc/slurm/slurmdbd.conf", service="slurmdbd", user="root").stdout
@@ -128,7 +130,12 @@ def test_secrets_never_reach_the_logs(cluster: Cluster) -> None:
 
 
 def image_name() -> str:
-    return env_file()["SLURMLAB_IMAGE"]
+    """The image of the login node and the compute nodes (the Slurm image is one of its
+    layers), as `slurmlab env` names it."""
+    proc = slurmlab("env")
+    found = re.search(r"^export SLURMLAB_IMAGE=(\S+)$", proc.stdout, re.M)
+    assert proc.returncode == 0 and found, proc.stdout + proc.stderr
+    return found.group(1)
 
 
 def test_no_secret_in_any_image_layer() -> None:

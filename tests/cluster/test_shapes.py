@@ -1,8 +1,9 @@
 """The cluster shaped like the user's: `make up NODES=N GPUS_PER_NODE=G`, `make scale NODES=M`.
 
 These tests reshape the session's test cluster the way a user does (make targets on a running
-cluster), in file order: 2 nodes x 2 GPUs, then 6 nodes x 1 GPU, then scaling with jobs queued.
-The module puts the default 4 x 1 shape back at the end, for the tests that follow.
+cluster): 2 nodes x 2 GPUs, 6 nodes x 1 GPU, scaling with jobs queued. Each test gives the
+cluster the shape it needs (`make up` on a cluster that has it already changes nothing), so any
+of them runs alone; the module puts the default 4 x 1 shape back at the end.
 """
 
 from __future__ import annotations
@@ -58,9 +59,12 @@ def assert_one_gpu_per_rank(log: str, nodes: int, gpus: int, sees_only_its_own: 
     assert re.search(rf"Topology: \S+ rank=0 world_size={nodes * gpus} ", log), log[:3000]
 
 
+TWO_BY_TWO = ("NODES=2", "GPUS_PER_NODE=2")
+SIX_BY_ONE = ("NODES=6", "GPUS_PER_NODE=1")
+
+
 def test_two_nodes_with_two_gpus_each(cluster: Cluster) -> None:
-    out = reshape("NODES=2", "GPUS_PER_NODE=2")
-    assert "cluster ready: 2 nodes up with 2 GPU(s) each" in out, out
+    reshape(*TWO_BY_TWO)
     assert nodes_and_gres(cluster) == ["node1 gpu:2", "node2 gpu:2"]
     # Each node has two GPU devices of its own, which Slurm hands out one per task.
     assert cluster.login("ls /dev/nvidia*", service="node2").split() == [
@@ -82,6 +86,7 @@ def test_two_nodes_with_two_gpus_each(cluster: Cluster) -> None:
 def test_job_files_run_one_rank_per_gpu_on_a_two_by_two_cluster(
     cluster: Cluster, job_file: str, shape: str, launcher: str, own_gpu_only: bool
 ) -> None:
+    reshape(*TWO_BY_TWO)
     job, rc = cluster.sbatch(
         f"--output={SHARED}/tests/logs/%j.out {shape} {job_file} {QUICK}",
         env=f"CONFIG={DEMO_CONFIG}",
@@ -94,6 +99,7 @@ def test_job_files_run_one_rank_per_gpu_on_a_two_by_two_cluster(
 
 
 def test_submitit_runs_one_task_per_gpu(cluster: Cluster) -> None:
+    reshape(*TWO_BY_TWO)
     out = cluster.login(
         f"python jobs/submit.py --nodes 2 --gpus-per-node 2 --timeout-min 20 "
         f"--config {DEMO_CONFIG} {QUICK}",
@@ -107,8 +113,7 @@ def test_submitit_runs_one_task_per_gpu(cluster: Cluster) -> None:
 
 
 def test_six_nodes_wider_than_the_default(cluster: Cluster) -> None:
-    out = reshape("NODES=6", "GPUS_PER_NODE=1")
-    assert "cluster ready: 6 nodes up with 1 GPU(s) each" in out, out
+    reshape(*SIX_BY_ONE)
     assert nodes_and_gres(cluster) == [f"node{k} gpu:1" for k in range(1, 7)]
     # make train runs the DDP job file on the whole cluster, whatever its shape.
     proc = make("train", f"ARGS={QUICK}", timeout=900)
@@ -125,6 +130,7 @@ def test_six_nodes_wider_than_the_default(cluster: Cluster) -> None:
 
 
 def test_scale_down_and_up_keeps_every_job_and_record(cluster: Cluster) -> None:
+    reshape(*SIX_BY_ONE)
     before = cluster.login("sacct -X -n -P -S now-1days -o JobID").split()
     # Every job holds its nodes' GPU, as training does (a CPU-only job would fit beside them).
     gpu_job = "-o /dev/null --gpus-per-node=1"

@@ -3,14 +3,17 @@ each setting comes from, a project's requirement files, and what a project folde
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 from conftest import REPO
 
-from slurmlab import deps, resources
+from slurmlab import deps, docker, facts, images, resources, state
 from slurmlab.cli import parser
+from slurmlab.cluster import Cluster, Target
 from slurmlab.config import ProjectConfig, ShapeRequest, Style, load_config, resolve_shape
 from slurmlab.errors import SlurmlabError
 from slurmlab.project import check_mount, default_name, find_root, open_project
@@ -32,7 +35,9 @@ def test_every_key_loads(tmp_path: Path) -> None:
         tmp_path,
         "name: my-proj\nnodes: 2\ngpus_per_node: 2\ngpu_mode: nvidia\nrequirements: r.txt\n",
     )
-    assert load_config(path) == ProjectConfig(path, "my-proj", 2, 2, "nvidia", "r.txt")
+    assert load_config(path) == ProjectConfig(
+        path, "my-proj", 2, 2, "nvidia", stack=None, requirements="r.txt"
+    )
 
 
 def test_an_empty_file_sets_nothing(tmp_path: Path) -> None:
@@ -72,14 +77,14 @@ def no_gpus() -> int:
 
 def test_each_setting_comes_from_the_first_place_that_gives_it(tmp_path: Path) -> None:
     config = ProjectConfig(tmp_path / "slurmlab.yaml", nodes=3)
-    recorded = {"NODES": "5", "GPUS_PER_NODE": "2", "GPU_MODE": "emulated"}
+    recorded = state.Recorded(nodes=5, gpus_per_node=2, gpu_mode="emulated")
     # the command line, then slurmlab.yaml, then the recorded shape, then .env
     shape = resolve_shape(ShapeRequest(nodes="6"), config, recorded, CLI, no_gpus)
     assert (shape.nodes, shape.gpus_per_node) == (6, 2)
     assert resolve_shape(ShapeRequest(), config, recorded, CLI, no_gpus).nodes == 3
     assert resolve_shape(ShapeRequest(), ProjectConfig(), recorded, CLI, no_gpus).nodes == 5
-    default = resolve_shape(ShapeRequest(), ProjectConfig(), {}, CLI, no_gpus)
-    env = resources.env_defaults()
+    default = resolve_shape(ShapeRequest(), ProjectConfig(), state.Recorded(), CLI, no_gpus)
+    env = facts.env_defaults()
     assert (default.nodes, default.gpus_per_node, default.gpu_mode) == (
         int(env["SLURMLAB_NODES"]),
         int(env["SLURMLAB_GPUS_PER_NODE"]),
@@ -103,18 +108,31 @@ def test_a_shape_out_of_range_is_refused_as_the_user_wrote_it(
     request_: ShapeRequest, style: Style, message: str
 ) -> None:
     with pytest.raises(SlurmlabError, match=re.escape(message)):
-        resolve_shape(request_, ProjectConfig(), {}, style, no_gpus)
+        resolve_shape(request_, ProjectConfig(), state.Recorded(), style, no_gpus)
 
 
 def test_a_shape_from_the_config_file_is_named_with_its_file(tmp_path: Path) -> None:
     path = config_file(tmp_path, "nodes: 0\n")
     with pytest.raises(SlurmlabError, match=re.escape(f"nodes: 0 in {path}: a cluster has 1")):
-        resolve_shape(ShapeRequest(), load_config(path), {}, CLI, no_gpus)
+        resolve_shape(ShapeRequest(), load_config(path), state.Recorded(), CLI, no_gpus)
 
 
-def test_the_node_bound_is_the_compose_files_node_services_and_slurms_max_node_count() -> None:
+def test_the_node_bound_is_the_compose_files_node_services_and_reaches_slurm() -> None:
+    """The compose file's node services are the one bound: the CLI counts them and hands the
+    count to every container (SLURMLAB_MAX_NODES), whose entrypoint writes MaxNodeCount into the
+    file slurm.conf includes; slurm.conf itself holds no count."""
+    compose = (REPO / "docker-compose.yml").read_text()
+    assert facts.max_nodes() == len(re.findall(r"^  node\d+:", compose, re.M)) == 16
+    assert "SLURMLAB_MAX_NODES: ${SLURMLAB_MAX_NODES" in compose
     conf = (REPO / "slurm" / "slurm.conf").read_text()
-    assert resources.max_nodes() == int(re.search(r"^MaxNodeCount=(\d+)", conf, re.M).group(1))
+    assert not re.search(r"^MaxNodeCount=", conf, re.M)
+    included = re.search(r"^Include (\S+)$", conf, re.M)
+    assert included
+    entrypoint = (REPO / "images" / "runtime" / "entrypoint.sh").read_text()
+    assert (
+        "MaxNodeCount=%s" in entrypoint
+        and included.group(1).replace("/etc/slurm", "${SLURM_ETC}") in entrypoint
+    )
 
 
 @pytest.mark.parametrize(
@@ -135,9 +153,9 @@ def test_real_gpus_are_counted_against_the_host_with_a_fake_gpu_count(
 ) -> None:
     request = ShapeRequest(nodes=nodes, gpus_per_node=gpus, gpu_mode="nvidia")
     with pytest.raises(SlurmlabError, match=re.escape(message)):
-        resolve_shape(request, ProjectConfig(), {}, style, lambda: host)
+        resolve_shape(request, ProjectConfig(), state.Recorded(), style, lambda: host)
     fits = ShapeRequest(nodes="2", gpus_per_node="2", gpu_mode="nvidia")
-    assert resolve_shape(fits, ProjectConfig(), {}, style, lambda: 4).nodes == 2
+    assert resolve_shape(fits, ProjectConfig(), state.Recorded(), style, lambda: 4).nodes == 2
 
 
 # ---- requirements --------------------------------------------------------------------------
@@ -237,8 +255,8 @@ def test_a_project_is_mounted_at_its_own_path_and_subfolders_map_to_it(tmp_path:
 def test_slurmlabs_own_checkout_is_mounted_at_workspace_under_its_env_name() -> None:
     project = open_project(REPO)
     assert project.is_slurmlab_checkout
-    assert project.mount == "/workspace"
-    assert project.name == resources.env_defaults()["COMPOSE_PROJECT_NAME"]
+    assert project.mount == facts.CHECKOUT_MOUNT == "/workspace"
+    assert project.name == facts.env_defaults()["COMPOSE_PROJECT_NAME"]
     assert project.mount_of(REPO / "jobs") == "/workspace/jobs"
 
 
@@ -274,3 +292,125 @@ def test_exec_takes_the_command_after_the_double_dash() -> None:
     args = parser().parse_args(["exec", "--name", "x", "--", "sbatch", "--wait", "job.sbatch"])
     assert args.argv == ["--", "sbatch", "--wait", "job.sbatch"]
     assert args.name == "x"
+
+
+# ---- images: built once per content ----------------------------------------------------------
+
+
+def test_an_images_tag_is_the_digest_of_its_inputs() -> None:
+    first = images.cluster_images("trainer", None)
+    again = images.cluster_images("trainer", None)
+    assert [layer.tag for layer in first.layers] == [layer.tag for layer in again.layers]
+    slurm, trainer = first.layers
+    assert trainer.parent == slurm.tag, "a layer's identity includes its parent's"
+    changed = dataclasses.replace(slurm, dockerfile=slurm.dockerfile + "\n# a change\n")
+    assert changed.tag != slurm.tag
+    other_args = dataclasses.replace(slurm, args={**slurm.args, "JOB_UID": "4242"})
+    assert other_args.tag != slurm.tag
+    assert images.trainer_layer(changed.tag).tag != trainer.tag, "a new parent, a new child"
+
+
+def test_a_projects_stack_and_requirements_pick_its_layers(tmp_path: Path) -> None:
+    (tmp_path / "requirements.txt").write_text("tabulate==0.9.0\n")
+    requirements = deps.resolve(tmp_path, None, "")
+    base = images.cluster_images("base", requirements)
+    assert [layer.repository for layer in base.layers] == ["slurmlab-slurm", "slurmlab-deps"]
+    assert base.slurm_tag == base.layers[0].tag and base.cluster_tag == base.layers[1].tag
+    on_trainer = images.cluster_images("trainer", requirements)
+    assert [layer.repository for layer in on_trainer.layers] == [
+        "slurmlab-slurm", "slurmlab-trainer", "slurmlab-deps"
+    ]  # fmt: skip
+    assert on_trainer.cluster_tag != base.cluster_tag
+    assert images.cluster_images("base", None).cluster_tag == base.slurm_tag
+
+
+def test_an_image_that_exists_is_neither_built_nor_pulled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stand-ins for Docker: `ensure` asks whether each tag exists and builds only the rest."""
+    planned = images.cluster_images("trainer", None)
+    present = {planned.slurm_tag}
+    built: list[str] = []
+    monkeypatch.setattr(images.docker, "check_docker", lambda: None)
+    monkeypatch.setattr(images.docker, "image_exists", lambda tag: tag in present)
+    monkeypatch.setattr(images, "build", lambda layer: built.append(layer.tag))
+    monkeypatch.setenv("SLURMLAB_REGISTRY", "")
+    images.ensure(planned.layers)
+    assert built == [planned.cluster_tag]
+    present.add(planned.cluster_tag)
+    built.clear()
+    images.ensure(planned.layers)
+    assert built == []
+
+
+def test_a_missing_image_is_pulled_from_the_registry_by_its_digest_tag(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stand-in for `docker pull`: the registry has the Slurm image, not the trainer's."""
+    planned = images.cluster_images("trainer", None)
+    commands: list[list[str]] = []
+
+    def fake_run(args: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        commands.append(list(args))
+        ok = args[:2] == ["docker", "pull"] and args[2].endswith(planned.slurm_tag)
+        return subprocess.CompletedProcess(args, 0 if ok else 1, "", "" if ok else "not found")
+
+    built: list[str] = []
+    monkeypatch.setattr(images.docker, "check_docker", lambda: None)
+    monkeypatch.setattr(images.docker, "image_exists", lambda tag: False)
+    monkeypatch.setattr(images.docker, "run", fake_run)
+    monkeypatch.setattr(images.docker, "output", lambda args, what="": fake_run(args).stdout)
+    monkeypatch.setattr(images, "ensure_base_image", lambda: None)
+    monkeypatch.setattr(images, "build", lambda layer: built.append(layer.tag))
+    monkeypatch.setenv("SLURMLAB_REGISTRY", "registry.example/slurmlab/")
+    images.ensure(planned.layers)
+    assert ["docker", "pull", f"registry.example/slurmlab/{planned.slurm_tag}"] in commands
+    assert ["docker", "tag", f"registry.example/slurmlab/{planned.slurm_tag}",
+            planned.slurm_tag] in commands  # fmt: skip
+    assert built == [planned.cluster_tag], "what the registry lacks is built here"
+
+
+# ---- the recorded state, and `up` on a cluster that has it already ---------------------------
+
+
+def test_the_recorded_state_round_trips_and_reads_the_old_shape_file(tmp_path: Path) -> None:
+    recorded = state.Recorded(4, 2, "emulated", "slurmlab-slurm:a", "slurmlab-trainer:b", "d")
+    state.save(tmp_path / "new", recorded)
+    assert state.load(tmp_path / "new") == recorded
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "shape.env").write_text("# by slurmlab 0.1.0\nNODES=3\nGPUS_PER_NODE=2\nGPUS=1\n")
+    assert state.load(old) == state.Recorded(nodes=3, gpus_per_node=2, gpu_mode="nvidia")
+    state.save(old, recorded)
+    assert not (old / "shape.env").exists(), "the new file replaces the old one"
+    assert state.load(tmp_path / "never") == state.Recorded()
+
+
+def fake_containers(
+    target: Target, image: str | None = None, health: str = "healthy", runtime: str | None = None
+) -> list[docker.Container]:
+    return [
+        docker.Container(f"id-{service}", target.cluster.name, service, True, health,
+                         image or target.image_of(service), "",
+                         runtime or resources.runtime_digest())
+        for service in target.services
+    ]  # fmt: skip
+
+
+def test_up_has_nothing_to_do_only_when_the_cluster_runs_exactly_its_target(
+    tmp_path: Path,
+) -> None:
+    cluster = Cluster(open_project(tmp_path), CLI)
+    shape = resolve_shape(ShapeRequest(nodes="2"), ProjectConfig(), state.Recorded(), CLI, no_gpus)
+    target = Target(cluster, shape, "slurmlab-slurm:s", "slurmlab-deps:d")
+    recorded = state.Recorded(compose_digest=target.digest())
+    running = fake_containers(target)
+    assert [c.image for c in running[:2]] == ["slurmlab-slurm:s"] * 2, "accounting: Slurm only"
+    assert target.is_running(running, recorded)
+    assert not target.is_running(running, state.Recorded()), "never started by this CLI"
+    assert not target.is_running(running[:-1], recorded), "a node is missing"
+    extra = docker.Container("id-node3", cluster.name, "node3", False, "", "x", "")
+    assert not target.is_running([*running, extra], recorded), "a node beyond the shape"
+    assert not target.is_running(fake_containers(target, health="starting"), recorded)
+    assert not target.is_running(fake_containers(target, image="slurmlab-deps:old"), recorded)
+    assert not target.is_running(fake_containers(target, runtime="an-older-entrypoint"), recorded)
+    bigger = Target(cluster, dataclasses.replace(shape, nodes=3), target.slurm_image, target.image)
+    assert bigger.digest() != target.digest()

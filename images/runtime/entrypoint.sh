@@ -1,23 +1,22 @@
 #!/usr/bin/env bash
 # One entrypoint for every container of the cluster; the first argument is the role:
 #   mariadb | slurmdbd | slurmctld | slurmd
-# Any other command is run as given (e.g. `docker run IMAGE python -m pytest`).
+# Mounted read-only from images/runtime/ (docker-compose.yml), like slurm/: not in the image.
+# What it needs per cluster comes from the environment the slurmlab CLI gives Compose.
 #
 # Per-cluster secrets are created here on first start, into volumes, never into the image:
 #   /etc/munge/munge.key          (volume "munge",     0400 munge)  every Slurm container
 #   /run/slurmlab/db/password     (volume "db-secret", 0400 root)   mariadb and slurmdbd only
 set -euo pipefail
 
-# The project the cluster is for, mounted at its own path (slurmlab's own checkout: /workspace).
-readonly PROJECT=${SLURMLAB_PROJECT_MOUNT:-/workspace}
-# slurmlab's slurm/ folder, mounted read-only (docker-compose.yml).
-readonly CONFIG_SRC=${SLURMLAB_CONFIG_DIR:-/etc/slurmlab/slurm}
+# slurmlab's slurm/ folder and this one, mounted read-only (docker-compose.yml).
+readonly CONFIG_SRC=/etc/slurmlab/slurm
+readonly RUNTIME=/opt/slurmlab/runtime
 readonly SLURM_ETC=/etc/slurm
 readonly MUNGE_KEY=/etc/munge/munge.key
 readonly DB_SECRET_DIR=/run/slurmlab/db
 readonly DB_PASSWORD_FILE=${DB_SECRET_DIR}/password
-readonly SHARED=${SLURMLAB_SHARED:-/shared}
-readonly JOB_USER=${SLURMLAB_JOB_USER:-slurmlab}
+readonly JOB_USER=${SLURMLAB_JOB_USER:?set by the image}
 
 log() { printf '[slurmlab-entrypoint %s] %s\n' "$(hostname)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -68,13 +67,17 @@ ensure_db_password() {
 }
 
 # slurm.conf and cgroup.conf are read live from slurm/ (edit, then `scontrol reconfigure`);
-# only files that depend on the container (gres.conf) or hold secrets (slurmdbd.conf) are rendered.
+# only files that depend on the container or the cluster (gres.conf, the node bound that
+# slurm.conf includes) or hold secrets (slurmdbd.conf) are rendered.
 link_slurm_config() {
     [[ -f ${CONFIG_SRC}/slurm.conf ]] || die "${CONFIG_SRC}/slurm.conf not found: is slurmlab's slurm/ folder mounted there (docker-compose.yml)?"
     install -d -m 0755 "${SLURM_ETC}"
     ln -sfn "${CONFIG_SRC}/slurm.conf" "${SLURM_ETC}/slurm.conf"
     ln -sfn "${CONFIG_SRC}/cgroup.conf" "${SLURM_ETC}/cgroup.conf"
     ln -sfn "${CONFIG_SRC}/cli_filter.lua" "${SLURM_ETC}/cli_filter.lua"
+    local max_nodes=${SLURMLAB_MAX_NODES:?run through slurmlab}
+    printf '# Written by the slurmlab entrypoint: the node services of docker-compose.yml.\nMaxNodeCount=%s\n' \
+        "${max_nodes}" >"${SLURM_ETC}/slurmlab-cluster.conf"
     install -d -o slurm -g slurm -m 0755 /var/log/slurm
 }
 
@@ -133,12 +136,12 @@ slurm_setting() { sed -n "s/^$1=//p" "${SLURM_ETC}/slurm.conf"; }
 # user on the host. A root-owned project cannot be adopted (jobs never run as root): the job user
 # keeps its image uid, and sbatch refuses output into the project up front (slurm/cli_filter.lua).
 adopt_project_owner() {
-    local uid gid current holder
-    uid=$(stat -c %u "${PROJECT}")
-    gid=$(stat -c %g "${PROJECT}")
+    local project=${SLURMLAB_PROJECT_MOUNT:?run through slurmlab} uid gid current holder
+    uid=$(stat -c %u "${project}")
+    gid=$(stat -c %g "${project}")
     current=$(id -u "${JOB_USER}")
     if (( uid == 0 )); then
-        log "the project ${PROJECT} belongs to root: ${JOB_USER} keeps uid ${current} and cannot write into it"
+        log "the project ${project} belongs to root: ${JOB_USER} keeps uid ${current} and cannot write into it"
         return
     fi
     (( uid != current )) || return 0
@@ -184,10 +187,10 @@ write_user_env_cache() {
 }
 
 prepare_shared() {
-    install -d -o "${JOB_USER}" -g "${JOB_USER}" -m 0755 "${SHARED}"
-    local sub
+    local shared=${SLURMLAB_SHARED:?set in .env} sub
+    install -d -o "${JOB_USER}" -g "${JOB_USER}" -m 0755 "${shared}"
     for sub in data runs logs submitit; do
-        install -d -o "${JOB_USER}" -g "${JOB_USER}" -m 0755 "${SHARED}/${sub}"
+        install -d -o "${JOB_USER}" -g "${JOB_USER}" -m 0755 "${shared}/${sub}"
     done
 }
 
@@ -209,9 +212,9 @@ run_slurmctld() {
     exec slurmctld -D
 }
 
-# This node's share of the cluster's shape (SLURMLAB_GPUS_PER_NODE, .env; `make up GPUS_PER_NODE=G`).
+# This node's share of the cluster's shape (`make up GPUS_PER_NODE=G`), from the CLI.
 gpus_per_node() {
-    local g=${SLURMLAB_GPUS_PER_NODE:-1}
+    local g=${SLURMLAB_GPUS_PER_NODE:?run through slurmlab}
     [[ ${g} =~ ^[1-9][0-9]*$ ]] || die "SLURMLAB_GPUS_PER_NODE=${g}: expected a whole number of GPUs, 1 or more"
     echo "${g}"
 }
@@ -221,7 +224,7 @@ gpus_per_node() {
 # with NVIDIA's major number so Slurm schedules them and sets CUDA_VISIBLE_DEVICES exactly as on a
 # real node, while CUDA itself finds no GPU and jobs fall back to CPU.
 write_gres_conf() {
-    local mode=${SLURMLAB_GPU_MODE:-emulated} gpus devices=() i
+    local mode=${SLURMLAB_GPU_MODE:?run through slurmlab} gpus devices=() i
     gpus=$(gpus_per_node)
     shopt -s nullglob
     devices=(/dev/nvidia[0-9]*)
@@ -274,34 +277,84 @@ register_in_order() {
 }
 
 # A node that died while running a job may still be owed that job's TERMINATE_JOB: slurmctld
-# queued it while the node was unreachable and re-sends pending RPCs every 60 s (agent.c,
-# RPC_RETRY_INTERVAL). With the short requeue delay (cred_expire, slurm.conf) the requeued job can
-# already be running on the returned node when that stale message arrives, and slurmd then kills
-# the new run's tasks (same job id). So a node that restarts (its container ran before) rejoins
-# drained, and is resumed once any such message has been delivered. A fresh container (make up)
-# or a restarted controller has nothing pending and joins at once.
-readonly REJOIN_HOLD_S=70
-hold_rejoining_node() {
-    local node marker=/var/spool/slurmd/.slurmlab-started
-    node=$(hostname)
-    if [[ ! -e ${marker} ]]; then
-        touch "${marker}"
-        return
-    fi
-    local tries=0
-    until slurmlab-healthcheck slurmctld 2>/dev/null; do  # the controller answers
-        (( ++tries < 30 )) || { log "controller not answering: ${node} rejoins without a hold"; return; }
+# keeps an RPC it could not deliver in its agent's retry list and sends it again every 60 s
+# (agent.c, RPC_RETRY_INTERVAL). With the short requeue delay (cred_expire, slurm.conf) the
+# requeued job can already be running on the returned node when that stale message arrives, and
+# slurmd then kills the new run's tasks (same job id). So a node that restarts (its container ran
+# before) rejoins drained, and is resumed as soon as the controller owes it nothing: no job the
+# controller knows runs there, and the retry list, which sdiag prints under "Pending RPCs"
+# (agent.c agent_pack_pending_rpc_stats, at most 1 s old), names no RPC for this node. A message
+# is missing from that list only while an attempt is in flight, which ends within MessageTimeout
+# (then it is delivered, or back in the list), so the check counts from MessageTimeout after the
+# node has registered. A fresh container (make up) or a restarted controller has nothing pending
+# and joins at once.
+readonly REJOIN_MAX_WAIT_S=180
+# What the controller still owes this node, one line per item (nothing: it owes nothing).
+owed_to() {
+    local node=$1 jobs pending type hostlist
+    jobs=$(squeue -h -w "${node}" -o %i) || { echo "an answer (squeue failed)"; return; }
+    [[ -z ${jobs} ]] || echo "the end of job(s) ${jobs//$'\n'/ }"
+    pending=$(sdiag) || { echo "an answer (sdiag failed)"; return; }
+    while read -r _ type hostlist; do
+        [[ -n ${hostlist} ]] && scontrol show hostnames "${hostlist}" | grep -qxF "${node}" \
+            && echo "${type}"
+    done <<<"$(sed -n '/^Pending RPCs$/,$ { /^Pending RPCs$/d; p; }' <<<"${pending}")"
+    return 0
+}
+
+resume_when_owed_nothing() {
+    # A watcher in the background: a failing command must not end it (the node would stay
+    # drained), so each result is checked where it is used.
+    set +e
+    local node=$1 started=${SECONDS} registered='' settle state owed said=''
+    settle=$(scontrol show config | sed -n 's/^MessageTimeout *= *\([0-9]*\).*/\1/p')
+    settle=$(( ${settle:-10} + 2 ))
+    while (( SECONDS - started < REJOIN_MAX_WAIT_S )); do
+        state=$(sinfo -h -n "${node}" -o %t 2>/dev/null | sort -u) || state=''
+        if [[ -z ${registered} ]]; then
+            [[ -z ${state} || ${state} == *'*' ]] || registered=${SECONDS}  # '*': not responding
+        elif (( SECONDS - registered >= settle )); then
+            owed=$(owed_to "${node}" | sort -u | paste -sd, -)
+            if [[ -z ${owed} ]]; then
+                scontrol update NodeName="${node}" State=RESUME \
+                    && log "${node} resumed $(( SECONDS - started )) s after its restart: the controller owes it nothing" \
+                    && return
+            elif [[ ${owed} != "${said}" ]]; then
+                log "${node} stays drained: the controller still owes it ${owed}"
+                said=${owed}
+            fi
+        fi
         sleep 1
     done
-    scontrol update NodeName="${node}" State=DRAIN \
-        Reason="rejoining after a restart: held ${REJOIN_HOLD_S} s for stale messages" \
-        || { log "warning: could not hold ${node} drained; it rejoins at once"; return; }
-    log "${node} restarted: drained for ${REJOIN_HOLD_S} s before it takes jobs again"
-    (
-        sleep "${REJOIN_HOLD_S}"
-        scontrol update NodeName="${node}" State=RESUME >/dev/null 2>&1 \
-            || log "warning: could not resume ${node}: scontrol update NodeName=${node} State=RESUME"
-    ) &
+    log "warning: ${node} still owed messages after ${REJOIN_MAX_WAIT_S} s; resuming it anyway"
+    scontrol update NodeName="${node}" State=RESUME >/dev/null 2>&1 \
+        || log "warning: could not resume ${node}: scontrol update NodeName=${node} State=RESUME"
+}
+
+readonly HOLD_REASON="rejoining after a restart: held until the controller owes it nothing"
+hold_rejoining_node() {
+    local node marker=/var/spool/slurmd/.slurmlab-started restarted=0 tries=0
+    node=$(hostname)
+    if [[ -e ${marker} ]]; then restarted=1; else touch "${marker}"; fi
+    until "${RUNTIME}/healthcheck.sh" slurmctld 2>/dev/null; do  # the controller answers
+        if (( ++tries >= 30 )); then
+            (( ! restarted )) || log "controller not answering: ${node} rejoins without a hold"
+            return
+        fi
+        sleep 1
+    done
+    if (( ! restarted )); then
+        # A new container: held only if the one before it was replaced while held (the
+        # controller keeps the drain), else it joins at once.
+        [[ $(sinfo -h -n "${node}" -o %E 2>/dev/null | sort -u) == "${HOLD_REASON}" ]] || return 0
+        log "${node} was held when its container was replaced: watching it again"
+    else
+        scontrol update NodeName="${node}" State=DRAIN Reason="${HOLD_REASON}" \
+            || { log "warning: could not hold ${node} drained; it rejoins at once"; return; }
+        log "${node} restarted: drained until the controller owes it nothing"
+    fi
+    # Twice forked, so that the watcher's parent is the init process, which reaps it, not slurmd.
+    ( resume_when_owed_nothing "${node}" & )
 }
 
 run_slurmd() {

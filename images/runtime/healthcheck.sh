@@ -3,7 +3,9 @@
 #   mariadb   answers a query
 #   slurmdbd  answers sacctmgr (over munge, from this container)
 #   slurmctld answers scontrol ping
-#   slurmd    this node is registered and usable (idle, allocated or mixed)
+#   slurmd    this node is registered with its GPUs (SLURMLAB_GPUS_PER_NODE) and takes jobs (idle,
+#             allocated, mixed or completing; not drained, down or unresponsive)
+# The slurmlab CLI runs the same command while it waits for a cluster: the one definition of ready.
 set -euo pipefail
 
 case ${1:?usage: slurmlab-healthcheck ROLE} in
@@ -12,7 +14,7 @@ case ${1:?usage: slurmlab-healthcheck ROLE} in
     slurmctld) scontrol ping | grep -q 'is UP' ;;
     slurmd)
         # one line per partition the node is in, all with the node's one state
-        state=$(sinfo -h -n "$(hostname)" -o %t | sort -u)
-        [[ ${state} =~ ^(idle|alloc|mix|comp)$ ]] ;;
+        state=$(sinfo -h -n "$(hostname)" -o '%t %G' | sort -u)
+        [[ ${state} =~ ^(idle|alloc|mix|comp)\ gpu:${SLURMLAB_GPUS_PER_NODE:?}$ ]] ;;
     *) echo "unknown role: $1" >&2; exit 2 ;;
 esac
