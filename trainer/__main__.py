@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from trainer.checkpoint import CheckpointError, CheckpointMismatch
     from trainer.data import DataError
-    from trainer.distributed import TopologyError
     from trainer.preemption import EXIT_PREEMPTED
+    from trainer.topology import TopologyError
     from trainer.train import SetupError, run
 
     try:

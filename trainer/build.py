@@ -28,9 +28,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from trainer.config import Config
 from trainer.data import ArrayDataset, dataset_dir, prepare_dataset, read_cifar_dir
-from trainer.distributed import SetupError, Topology, all_ok, in_process_group, on_main
+from trainer.distributed import SetupError, all_ok, in_process_group, on_main
 from trainer.loaders import build_loaders
 from trainer.models import build_model
+from trainer.topology import Topology
 
 DATA_STAGING_TIMEOUT_S = 2 * 3600  # other ranks wait this long for rank 0's download
 

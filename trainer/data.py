@@ -1,22 +1,23 @@
 """CIFAR-10 on disk: the ``cifar-10-batches-py`` reader, md5-verified download and extraction,
 and staging of the real or the synthetic set; :class:`ArrayDataset` is what the loaders get.
 
-The loaders that turn an :class:`ArrayDataset` into batches live in trainer/loaders.py. Files
-appear under their final names atomically (trainer/files.py), so ranks and jobs on other nodes
-that share ``data_dir`` never read a half-written archive or dataset directory.
+Downloading, md5 and extraction are torchvision's (``torchvision.datasets.utils``); this module
+adds what a shared cluster filesystem needs around them. Files appear under their final names
+atomically (trainer/files.py), so ranks and jobs on other nodes that share ``data_dir`` never
+read a half-written archive or dataset directory, and every failure names its fix. The loaders
+that turn an :class:`ArrayDataset` into batches live in trainer/loaders.py.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import logging
 import os
 import pickle
-import shutil
+import socket
 import tarfile
-import urllib.error
-import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,6 @@ __all__ = [
     "dataset_dir",
     "ensure_cifar10",
     "ensure_synthetic",
-    "md5sum",
     "prepare_dataset",
     "read_cifar_dir",
 ]
@@ -110,14 +110,6 @@ def read_cifar_dir(batch_dir: str | os.PathLike[str]) -> ArrayDataset:
     return ArrayDataset(train_x, train_y, val_x, val_y, classes)
 
 
-def md5sum(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _stage_hint(root: Path, md5: str) -> str:
     return (
         f"To stage it offline, copy {ARCHIVE_NAME} (md5 {md5}) into {root} (or extract it "
@@ -130,24 +122,15 @@ def _complete(batch_dir: Path) -> bool:
     return all((batch_dir / f).is_file() for f in BATCH_FILES)
 
 
-def _untar(archive: Path, dest: Path) -> None:
-    with tarfile.open(archive, "r:gz") as tar:
-        if hasattr(tarfile, "data_filter"):
-            tar.extractall(dest, filter="data")
-        else:  # pragma: no cover - Python without extraction filters
-            for m in tar.getmembers():
-                if m.name.startswith("/") or ".." in Path(m.name).parts:
-                    raise DataError(f"{archive}: unsafe path {m.name!r} in archive")
-            tar.extractall(dest)
-
-
 def _extract(archive: Path, root: Path) -> None:
+    from torchvision.datasets.utils import extract_archive  # seconds to import: only when staging
+
     try:
         # The archive holds BATCH_DIR/ at its top: unpack into a temp dir, rename that subdir.
-        # If another rank or job renamed a complete copy into place first, keep that one.
+        # If another rank or job renamed a complete copy into place first, keep that one. The
+        # archive's md5 was checked before, which is what makes unpacking it safe.
         with atomic_path(root / BATCH_DIR, inner=BATCH_DIR, keep_existing=_complete) as tmp:
-            tmp.mkdir(parents=True)
-            _untar(archive, tmp)
+            extract_archive(archive, tmp)
             if not _complete(tmp / BATCH_DIR):
                 raise DataError(f"{archive}: archive does not contain a complete {BATCH_DIR}/")
     except (tarfile.TarError, EOFError, OSError) as exc:
@@ -157,18 +140,33 @@ def _extract(archive: Path, root: Path) -> None:
         ) from exc
 
 
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    """torchvision's download_url connects and reads without a timeout: behind a firewall that
+    drops packets rank 0 would hang for minutes instead of printing the staging hint."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
 def _download(url: str, dest: Path, md5: str, timeout: float = 60.0) -> None:
+    from torchvision.datasets.utils import calculate_md5, download_url
+
     log.info("Downloading %s -> %s", url, dest)
-    # a failed or corrupt download leaves nothing behind: the temp file is removed on error
-    with atomic_path(dest) as part:
+    # download_url writes straight to the name it is given: give it a temp name, which
+    # atomic_path removes on error, so a failed or corrupt download leaves nothing behind.
+    # (atomic_path also removes a leftover first, which download_url would take as done.)
+    with atomic_path(dest) as part, _socket_timeout(timeout):
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp, open(part, "wb") as f:
-                shutil.copyfileobj(resp, f, 1 << 20)
-        except (urllib.error.URLError, OSError, TimeoutError, ValueError) as exc:
+            download_url(url, str(part.parent), filename=part.name)
+        except (OSError, ValueError) as exc:  # URLError, refused, timed out, bad URL
             raise DataError(
                 f"could not download CIFAR-10 from {url}: {exc}. " + _stage_hint(dest.parent, md5)
             ) from exc
-        got = md5sum(part)
+        got = calculate_md5(part)
         if got != md5:
             raise DataError(
                 f"downloaded {url} has md5 {got}, expected {md5} (truncated or "
@@ -199,7 +197,9 @@ def ensure_cifar10(
             raise DataError(f"cannot create data_dir {root}: {exc}") from exc
         _download(url, archive, md5)
     else:
-        got = md5sum(archive)
+        from torchvision.datasets.utils import calculate_md5
+
+        got = calculate_md5(archive)
         if got != md5:
             raise DataError(
                 f"{archive}: md5 mismatch (got {got}, expected {md5}): the archive is corrupt "

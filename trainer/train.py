@@ -4,7 +4,7 @@ Works unchanged for a single process, torchrun, srun (one task per GPU) and subm
 (NCCL, bf16 autocast, channels_last) or CPU (gloo, fp32). See trainer/README.md. Each chapter
 lives in its own module:
 
-* topology and collectives: trainer/distributed.py
+* who this rank is: trainer/topology.py; the process group and collectives: trainer/distributed.py
 * building everything from the config: trainer/build.py (:class:`~trainer.build.Training`)
 * checkpoints of the run's state, and resuming: trainer/run_state.py
 * the step, the epoch loop and validation: trainer/loop.py
@@ -31,18 +31,16 @@ from trainer.build import (
 from trainer.config import Config, resolve_paths, signal_from_name
 from trainer.distributed import (
     SetupError,
-    Topology,
     cleanup_distributed,
     in_process_group,
     init_distributed,
     select_device,
-    topology_from_env,
-    validate_topology,
 )
 from trainer.loop import evaluate, fit, train_step
 from trainer.preemption import EXIT_PREEMPTED, PreemptionFlag
 from trainer.report import finish, log_start, setup_logging
 from trainer.run_state import resume
+from trainer.topology import Topology, topology_from_env, validate_topology
 
 __all__ = [
     "EXIT_PREEMPTED",

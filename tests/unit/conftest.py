@@ -22,7 +22,7 @@ N_TRAIN, N_VAL = 1280, 320
 
 
 def _scrubbed(env: Mapping[str, str]) -> dict[str, str]:
-    from trainer.distributed import without_launcher_env
+    from trainer.launch_env import without_launcher_env
 
     return without_launcher_env(env)
 
@@ -30,7 +30,7 @@ def _scrubbed(env: Mapping[str, str]) -> dict[str, str]:
 @pytest.fixture(autouse=True)
 def clean_launch_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test sees the launcher / Slurm variables of the shell that runs pytest."""
-    from trainer.distributed import is_launcher_var
+    from trainer.launch_env import is_launcher_var
 
     for key in list(os.environ):
         if is_launcher_var(key):

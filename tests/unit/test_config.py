@@ -123,7 +123,12 @@ BAD_YAML = "model: resnet50\nepochs: [1, 2\nlr: 0.1\n"
         (["preempt_signal=KILL"], None, "preempt_signal: SIGKILL cannot be caught"),
         (["label_smoothing=1.5"], None, "label_smoothing: must be in [0, 1)"),
         (["momentum=0", "nesterov=true"], None, "nesterov: needs momentum > 0"),
-        (["keep_checkpoints=-1"], None, "keep_checkpoints: must be >= 0"),
+        (["keep_checkpoints=-1"], None, "keep_checkpoints: must be >= 0 (0 keeps all), got -1"),
+        (["momentum=1"], None, "momentum: must be in [0, 1), got 1"),
+        (["final_lr_ratio=2"], None, "final_lr_ratio: must be in [0, 1], got 2"),
+        (["momentum=0"], None, "nesterov: needs momentum > 0"),  # nesterov left at true
+        (["epochs=1"], None, "warmup_epochs: must be < epochs (2.0 >= 1)"),  # default warm-up
+        (["output_dir=/r/${NOPE_A}/${NOPE_B}"], None, "variables NOPE_A and NOPE_B in"),
         (["resume=/nonexistent/ckpt.pt"], None, "resume: must be 'auto', 'never' or an existing"),
         ([], BAD_YAML, "YAML syntax error"),
         ([], "lr: 0.1\nlr: 0.2\n", "duplicate key 'lr' (first on line 1)"),
@@ -131,6 +136,10 @@ BAD_YAML = "model: resnet50\nepochs: [1, 2\nlr: 0.1\n"
         ([], "epochs: 2\nbatch_sise: 3\n", "unknown key 'batch_sise'"),
         ([], "model:\n  name: resnet50\n", "model: expected a single str, got a dict"),
         ([], "epochs: 2.5\n", "epochs: expected an integer, got 2.5"),
+        ([], "epochs: yes\n", "epochs: expected an integer, got True"),  # YAML 1.1 boolean
+        ([], "lr: on\n", "lr: expected a number, got True"),
+        ([], "model: null\n", "model: a value is required (got null)"),
+        ([], "1: 2\n", "unknown key 1 in"),
     ],
 )
 def test_bad_configs(
@@ -171,6 +180,34 @@ def test_all_problems_reported_together() -> None:
     ):
         assert part in text
     assert len(info.value.problems) == 5
+
+
+def test_cross_field_problems_are_reported_with_the_others() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["model=nope", "batch_size=x", "momentum=0", "epochs=1"], env={})
+    text = "\n".join(info.value.problems)
+    for part in ("unknown model 'nope'", "batch_size: expected", "nesterov:", "warmup_epochs:"):
+        assert part in text
+    assert len(info.value.problems) == 4
+
+
+def test_lenient_values_and_null_paths(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("data_dir: null\noutput_dir: ~\nepochs: 3.0\npreempt_signal: 10\n")
+    cfg = load_config(str(p), ["batch_size=1_000", "augment=off", "nesterov=1", "seed= 7 "])
+    assert (cfg.data_dir, cfg.output_dir, cfg.preempt_signal) == ("", "", "10")
+    assert (cfg.epochs, cfg.batch_size, cfg.seed) == (3, 1000, 7) and type(cfg.epochs) is int
+    assert cfg.augment is False and cfg.nesterov is True
+    assert type(load_config(None, ["warmup_epochs=1"]).warmup_epochs) is float
+
+
+def test_to_dict_round_trip_and_key_order() -> None:
+    cfg = load_config(str(CONFIGS / "simple_cnn_synthetic.yaml"), ["epochs=3"])
+    data = cfg.to_dict()
+    assert list(data)[:3] == ["model", "dataset", "data_dir"] and data["epochs"] == 3
+    assert Config.from_dict(data) == cfg
+    assert resolve_paths(cfg, env={}).to_dict()["output_dir"] == "runs/local"
+    assert cfg.output_dir == ""  # resolve_paths returns a new Config
 
 
 def test_from_dict_validates() -> None:

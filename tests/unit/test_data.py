@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import pickle
+import socket
 import subprocess
 import sys
 import tarfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from conftest import N_TRAIN, N_VAL, REPO
+from torchvision.datasets.utils import calculate_md5
 
-from trainer.data import ARCHIVE_NAME, DataError, ensure_cifar10, md5sum, read_cifar_dir
+from trainer.data import ARCHIVE_NAME, DataError, _download, ensure_cifar10, read_cifar_dir
 from trainer.loaders import DataLoaderPath, DeviceLoader
 from trainer.synthetic import CLASS_NAMES, make_images, write_cifar_format
 
@@ -84,11 +91,30 @@ def archive(tmp_path: Path) -> Path:
     return path
 
 
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:  # keep the test's output to its own
+        pass
+
+
+@pytest.fixture
+def upstream(archive: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """An http:// URL of the archive's directory, served from this machine (stands in for
+    the real https:// URL: download_url needs an HTTP response, file:// gives none)."""
+    monkeypatch.setenv("no_proxy", "127.0.0.1")  # a proxy set for the real URL must not apply
+    handler = functools.partial(_QuietHandler, directory=str(archive.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
 def test_staged_archive_is_verified_and_extracted(tmp_path: Path, archive: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
     (data / ARCHIVE_NAME).write_bytes(archive.read_bytes())
-    batch_dir = ensure_cifar10(data, download=False, md5=md5sum(archive))
+    batch_dir = ensure_cifar10(data, download=False, md5=calculate_md5(archive))
     assert len(read_cifar_dir(batch_dir).train_y) == 50
 
 
@@ -97,32 +123,53 @@ def test_md5_mismatch_of_staged_archive(tmp_path: Path, archive: Path) -> None:
     data.mkdir()
     (data / ARCHIVE_NAME).write_bytes(archive.read_bytes()[:-100])  # truncated copy
     with pytest.raises(DataError) as info:
-        ensure_cifar10(data, download=True, md5=md5sum(archive))
+        ensure_cifar10(data, download=True, md5=calculate_md5(archive))
     msg = str(info.value)
     assert "md5 mismatch" in msg and "corrupt or truncated" in msg and "Delete it" in msg
     assert not (data / "cifar-10-batches-py").exists()
 
 
-def test_download_verifies_md5(tmp_path: Path, archive: Path) -> None:
-    url = archive.as_uri()  # file:// stands in for the real URL
+def test_download_verifies_md5(tmp_path: Path, archive: Path, upstream: str) -> None:
+    url = f"{upstream}/{ARCHIVE_NAME}"
     data = tmp_path / "data"
-    batch_dir = ensure_cifar10(data, download=True, url=url, md5=md5sum(archive))
+    batch_dir = ensure_cifar10(data, download=True, url=url, md5=calculate_md5(archive))
     assert batch_dir.is_dir() and (data / ARCHIVE_NAME).is_file()
     other = tmp_path / "other"
     with pytest.raises(DataError, match="md5") as info:
         ensure_cifar10(other, download=True, url=url, md5="0" * 32)
     assert "dataset=synthetic" in str(info.value)
-    assert not (other / ARCHIVE_NAME).exists()  # a bad download is not kept
+    assert list(other.iterdir()) == []  # a bad download is not kept, nor its temp file
 
 
-def test_offline_without_data_explains_how_to_stage(tmp_path: Path) -> None:
+def test_stalled_download_times_out_with_the_staging_hint(tmp_path: Path) -> None:
+    """A server that accepts but never answers (a firewall dropping packets) must not hang."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/{ARCHIVE_NAME}"
+        errors: list[BaseException] = []
+
+        def fetch() -> None:
+            try:
+                _download(url, tmp_path / ARCHIVE_NAME, "0" * 32, timeout=1.0)
+            except BaseException as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=fetch, daemon=True)
+        thread.start()
+        thread.join(30)
+    assert not thread.is_alive(), "the download hung instead of timing out"
+    assert len(errors) == 1 and isinstance(errors[0], DataError), errors
+    assert "could not download CIFAR-10" in str(errors[0]) and "dataset=synthetic" in str(errors[0])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_offline_without_data_explains_how_to_stage(tmp_path: Path, upstream: str) -> None:
     with pytest.raises(DataError) as info:
         ensure_cifar10(tmp_path, download=False)
     msg = str(info.value)
     assert ARCHIVE_NAME in msg and "c58f30108f718f92721af3b95e74349a" in msg
     assert "dataset=synthetic" in msg
     with pytest.raises(DataError, match="could not download CIFAR-10") as info2:
-        ensure_cifar10(tmp_path, download=True, url=(tmp_path / "missing.tgz").as_uri())
+        ensure_cifar10(tmp_path, download=True, url=f"{upstream}/missing.tgz")  # HTTP 404
     assert "copy cifar-10-python.tar.gz" in str(info2.value)
 
 

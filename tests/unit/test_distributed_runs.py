@@ -230,7 +230,7 @@ def test_master_port_in_use_is_a_clear_error_not_a_hang(data_dir: Path, tmp_path
     import subprocess
     import sys
 
-    from trainer.distributed import without_launcher_env
+    from trainer.launch_env import without_launcher_env
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from trainer.distributed import (
+from trainer.distributed import decide_backend
+from trainer.topology import (
     HostlistError,
     TopologyError,
-    decide_backend,
     derive_port,
     expand_counts,
     expand_hostlist,
