@@ -1,55 +1,25 @@
-"""Benchmark 1: trainer throughput, the slurmlab fast path vs a seed-style baseline, side by side.
-
-This module owns both paths (``fast_compute`` / ``seed_compute`` also serve bench/profile_ops.py),
-the timed step loop with its data-wait accounting, and the throughput table and checks.
-
-fast path  the trainer itself for one process: ``trainer.build.assemble`` builds the model, its
-           ``DeviceLoader`` (uint8 dataset on the device, batched on-device crop + flip), the
-           optimizer (fused SGD on CUDA), lr schedule and precision (on CUDA channels_last + bf16
-           autocast, cuDNN benchmark and TF32 matmuls), and every step is
-           ``trainer.loop.train_step``.
-baseline   what a naive project writes: a torchvision ``CIFAR10``-style Dataset over the same
-           ``cifar-10-batches-py`` files (PIL image per sample), per-sample transforms
-           RandomCrop(32, 4) + RandomHorizontalFlip + ToTensor + Normalize in a DataLoader with
-           workers, fp32, NCHW, torch defaults (no cuDNN benchmark), plain SGD, ``loss.item()``
-           every step for the running loss.
-
-Both train the same registry model with the same batch on the same device for the same number of
-timed steps after the same warm-up. Data wait = time the step loop is blocked getting the next
-batch (on CUDA: the GPU-side gap between the end of the previous step and the batch being ready,
-from CUDA events, so asynchronous overlap is credited) / total time.
-"""
+"""The trainer's fast path (``trainer.build.assemble``, ``trainer.loop.train_step``) vs a
+seed-style baseline (torchvision's CIFAR10, per-sample PIL transforms in DataLoader workers, fp32,
+NCHW, plain SGD, ``loss.item()`` every step): throughput, and where each step's time goes."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import gc
-import os
-import pickle
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.benchmark import Timer
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision import transforms as T
+from torchvision.datasets import CIFAR10
 
-from bench.common import (
-    Check,
-    FlopCount,
-    Peak,
-    PeakRss,
-    best_of_rounds,
-    count_flops,
-    fmt_si,
-    forever,
-    format_checks,
-    format_table,
-    sync,
-)
+from bench import common
 from trainer.build import Training, assemble
 from trainer.config import load_config
 from trainer.data import MEAN, STD, ArrayDataset, read_cifar_dir
@@ -58,69 +28,35 @@ from trainer.loop import train_step
 from trainer.models import build_model
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-TARGET_SPEEDUP = {"cpu": 1.5, "cuda": 5.0}
-TARGET_DATA_WAIT = 0.05
-TARGET_MFU = 0.25
+Result = dict[str, Any]
+Step = Callable[[torch.Tensor, torch.Tensor], Any]
+TARGET_SPEEDUP, TARGET_DATA_WAIT, TARGET_MFU = {"cpu": 1.5, "cuda": 5.0}, 0.05, 0.25
+# dense bf16 peaks (FLOP/s) by substring of the device name, most specific first
+GPU_PEAKS_BF16 = {"H100 PCIE": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H200 NVL": 835e12}
+GPU_PEAKS_BF16 |= {"H200": 989e12, "GH200": 989e12, "A100": 312e12}
+# operator kinds by name, first match wins; elementwise: residual adds, copies, the optimizer's
+# updates (per tensor on CPU; the trainer's fused / foreach kernels on CUDA)
+KINDS = {"convolution": ("conv",), "batch norm": ("batch_norm",), "relu": ("relu", "threshold")}
+KINDS["elementwise"] = ("aten::add", "aten::mul", "aten::copy", "aten::clone", "aten::fill")
+KINDS["elementwise"] += ("aten::zero", "foreach", "_fused_")
+CATEGORIES = (*KINDS, "other")
 
 
-# ---------------------------------------------------------------- the seed-style baseline
-class SeedCIFAR10(torch.utils.data.Dataset):  # type: ignore[type-arg]
-    """torchvision.datasets.CIFAR10, minus download and md5 checks (the synthetic files have
-    their own checksums): pickled batches -> one HWC uint8 array, PIL image per sample."""
+class SeedCIFAR10(CIFAR10):
+    """torchvision's CIFAR10 with the seed's transforms, minus the real archive's md5 checks."""
 
-    train_list: ClassVar[list[str]] = [f"data_batch_{i}" for i in range(1, 6)]
-    test_list: ClassVar[list[str]] = ["test_batch"]
+    def __init__(self, batch_dir: Path, train: bool = True) -> None:
+        crop_flip = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()]
+        pipeline = T.Compose([*crop_flip, T.ToTensor(), T.Normalize(MEAN, STD)])
+        super().__init__(str(batch_dir.parent), train=train, transform=pipeline)
 
-    def __init__(
-        self, batch_dir: str | os.PathLike[str], train: bool = True, transform: Any = None
-    ) -> None:
-        self.transform = transform
-        data: list[np.ndarray] = []
-        self.targets: list[int] = []
-        for name in self.train_list if train else self.test_list:
-            with open(Path(batch_dir) / name, "rb") as f:
-                entry = pickle.load(f, encoding="latin1")
-            data.append(entry["data"])
-            self.targets.extend(entry["labels"] if "labels" in entry else entry["fine_labels"])
-        self.data = np.vstack(data).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))  # HWC
+    def _check_integrity(self) -> bool:
+        return True
 
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        from PIL import Image
-
-        img, target = Image.fromarray(self.data[index]), self.targets[index]
-        if self.transform is not None:
-            img = self.transform(img)
-        return img, target
+    def _load_meta(self) -> None:
+        self.classes = [str(i) for i in range(10)]
 
 
-def seed_transform() -> Any:
-    from torchvision import transforms
-
-    return transforms.Compose(
-        [
-            transforms.RandomCrop(32, padding=4),
-            transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(),
-            transforms.Normalize(MEAN, STD),
-        ]
-    )
-
-
-def seed_pipeline_cost(batch_dir: Path, n: int = 256) -> float:
-    """Seconds of one core per image for the baseline's per-sample transform pipeline."""
-    dataset = SeedCIFAR10(batch_dir, train=True, transform=seed_transform())
-    n = min(n, len(dataset))
-    dataset[0]
-    t = time.perf_counter()
-    for i in range(n):
-        dataset[i]
-    return (time.perf_counter() - t) / n
-
-
-# ---------------------------------------------------------------- measurement
 @dataclass
 class ModelPlan:
     model: str
@@ -129,409 +65,264 @@ class ModelPlan:
     steps: int
 
 
-@dataclass
-class PathResult:
-    model: str
-    path: str  # "fast" | "baseline"
-    batch: int
-    steps: int
-    img_s: float
-    step_ms: float
-    data_wait: float  # fraction of the timed wall time
-    peak_mem_bytes: int
-    mem_kind: str  # "cuda max allocated" | "RSS peak (process + workers)"
-    setup: str  # precision / memory format / loader, for the table
-    mfu: float = float("nan")
-
-    @classmethod
-    def from_timing(
-        cls,
-        plan: ModelPlan,
-        path: str,
-        *,
-        total_s: float,
-        data_s: float,
-        mem: dict[str, Any],
-        setup: str,
-    ) -> PathResult:
-        """The rates of one timed loop: ``plan.steps`` batches in ``total_s``, ``data_s`` of it
-        waiting for data."""
-        return cls(
-            model=plan.model,
-            path=path,
-            batch=plan.batch,
-            steps=plan.steps,
-            img_s=plan.batch * plan.steps / total_s,
-            step_ms=1000 * total_s / plan.steps,
-            data_wait=data_s / total_s,
-            peak_mem_bytes=mem["peak"],
-            mem_kind=mem["kind"],
-            setup=setup,
-        )
+def row(r: Result) -> list[Any]:
+    img_s, step, wait = f"{r['img_s']:,.1f}", f"{r['step_ms']:.1f}", f"{100 * r['data_wait']:.1f}%"
+    mem, mfu = f"{r['peak_mem_bytes'] / 2**20:,.0f}", f"{100 * r['mfu']:.2f}%"
+    return [r["model"], r["path"], r["batch"], img_s, step, wait, mem, mfu, r["setup"]]
 
 
 def timed_loop(
-    next_batch: Callable[[], Batch],
-    step: Callable[[torch.Tensor, torch.Tensor], None],
-    device: torch.device,
-    warmup: int,
-    steps: int,
-) -> tuple[float, float]:
-    """(wall seconds of ``steps`` steps, seconds of those spent waiting for data)."""
+    next_batch: Callable[[], Batch], step: Step, device: torch.device, warmup: int, steps: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[float, float]:  # fmt: skip
+    """Seconds of ``steps`` steps after ``warmup``, and waiting for batches (CUDA: from events)."""
     for _ in range(warmup):
         step(*next_batch())
-    sync(device)
-    cuda = device.type == "cuda"
-    marks: list[tuple[Any, Any]] = []
-    data_s = 0.0
-    t0 = time.perf_counter()
+    common.sync(device)
+    cuda, marks, data_s = device.type == "cuda", [], 0.0
+    t0 = clock()
     for _ in range(steps):
         if cuda:
-            begin, ready = (
-                torch.cuda.Event(enable_timing=True),
-                torch.cuda.Event(enable_timing=True),
-            )
+            begin, ready = (torch.cuda.Event(enable_timing=True) for _ in range(2))
             begin.record()
             x, y = next_batch()
             ready.record()
             marks.append((begin, ready))
         else:
-            td = time.perf_counter()
+            td = clock()
             x, y = next_batch()
-            data_s += time.perf_counter() - td
+            data_s += clock() - td
         step(x, y)
-    sync(device)
-    total = time.perf_counter() - t0
+    common.sync(device)
+    total = clock() - t0
     if cuda:
         data_s = sum(b.elapsed_time(r) for b, r in marks) / 1000.0
     return total, data_s
 
 
-@contextlib.contextmanager
-def _measure_memory(device: torch.device) -> Iterator[dict[str, Any]]:
-    box: dict[str, Any] = {}
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        yield box
-        box["peak"], box["kind"] = torch.cuda.max_memory_allocated(device), "cuda max allocated"
-    else:
-        with PeakRss() as rss:
-            yield box
-        box["peak"], box["kind"] = (
-            rss.peak,
-            "RSS peak of the process + its workers (shared pages once per process)",
-        )
+def fast_compute(
+    model: str, batch: int, device: torch.device, data: ArrayDataset, compile_model: bool = False
+) -> tuple[Training, Step, str]:
+    """The trainer as one process (default config), its step and setup (precision, layout)."""
+    items = [f"model={model}", f"batch_size={batch}", f"compile={compile_model}"]
+    t = assemble(load_config(None, items), topology_from_env({}), device, "none", data)
+    dtype = str(t.amp_dtype).replace("torch.", "") if t.amp_dtype else "fp32"
+    setup = f"{dtype}, {'NHWC' if t.cfg.channels_last else 'NCHW'}"
+    return t, functools.partial(train_step, t), setup + (", compiled" if t.cfg.compile else "")
 
 
-@contextlib.contextmanager
-def backend_flags(fast: bool) -> Iterator[None]:
-    """torch's global cuDNN / matmul flags for one path, restored afterwards: the fast path gets
-    the trainer's (``assemble`` sets them), the seed-style one torch's defaults."""
-    old = torch.backends.cudnn.benchmark, torch.get_float32_matmul_precision()
-    if not fast:
-        torch.backends.cudnn.benchmark = False
-        torch.set_float32_matmul_precision("highest")
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = old[0]
-        torch.set_float32_matmul_precision(old[1])
-
-
-def _cleanup(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-@dataclass
-class Compute:
-    """One path's training step, apart from its input pipeline."""
-
-    step: Callable[[torch.Tensor, torch.Tensor], Any]  # (x, y) -> whatever the loop tallies
-    memory_format: torch.memory_format
-    setup: str  # precision and memory format, for the tables
-
-
-def fast_training(
-    model_name: str,
-    batch: int,
-    device: torch.device,
-    data: ArrayDataset,
-    *,
-    compile_model: bool = False,
-) -> Training:
-    """What the trainer trains with as a single process (default config), built by the trainer."""
-    items = [f"model={model_name}", f"batch_size={batch}", f"compile={compile_model}"]
-    return assemble(load_config(None, items), topology_from_env({}), device, "none", data)
-
-
-def fast_compute(t: Training) -> Compute:
-    """The trainer's step on ``t``; it returns (loss, n correct) on the device."""
-    cfg, dtype = t.cfg, str(t.amp_dtype).replace("torch.", "") if t.amp_dtype else "fp32"
-    setup = f"{dtype}, {'NHWC' if cfg.channels_last else 'NCHW'}"
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    setup += ", compiled" if cfg.compile else ""
-    return Compute(functools.partial(train_step, t), fmt, setup)
-
-
-def seed_compute(model_name: str, device: torch.device) -> Compute:
-    """The seed project's model and step: fp32, NCHW, plain SGD, loss.item() every step."""
+def seed_compute(model_name: str, device: torch.device) -> tuple[Step, str]:
+    """The seed's step: fp32, NCHW, plain SGD, loss.item() every step, torch's default flags."""
+    torch.backends.cudnn.benchmark = False
+    torch.set_float32_matmul_precision("highest")
     torch.manual_seed(0)
     model = build_model(model_name, num_classes=10).to(device)
-    criterion = nn.CrossEntropyLoss()
+    criterion = torch.nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
 
     def step(inputs: torch.Tensor, labels: torch.Tensor) -> float:
         optimizer.zero_grad()
-        outputs = model(inputs)
-        loss = criterion(outputs, labels)
+        loss = criterion(model(inputs), labels)
         loss.backward()
         optimizer.step()
         return loss.item()
 
-    return Compute(step, torch.contiguous_format, "fp32, NCHW")
+    return step, "fp32, NCHW"
 
 
-def run_fast(
-    plan: ModelPlan, batch_dir: Path, device: torch.device, *, compile_model: bool = False
-) -> PathResult:
-    """The trainer's fast path for one process, as ``assemble`` builds it."""
-    with backend_flags(fast=True), _measure_memory(device) as mem:
-        data = read_cifar_dir(batch_dir)
-        t = fast_training(plan.model, plan.batch, device, data, compile_model=compile_model)
-        compute = fast_compute(t)
-        # the trainer's per-step bookkeeping: device-side sums, no host sync
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.float64, device=device)
-        batches = forever(t.train_loader)
+def run_path(plan: ModelPlan, path: str, batch_dir: Path, device: torch.device, a: Any) -> Result:
+    """One timed run of a path, its memory counted from reading the data on."""
+    with common.peak_memory(device) as peak:
+        if path == "fast":
+            data = read_cifar_dir(batch_dir)
+            t, compute, setup = fast_compute(plan.model, plan.batch, device, data, a.compile)
+            batches, setup = common.forever(t.train_loader), setup + ", on-device loader"
+            next_batch = functools.partial(next, batches)
+            # the trainer's per-step bookkeeping: device-side sums, no host sync
+            sums = [torch.zeros((), dtype=torch.float64, device=device) for _ in range(2)]
 
-        def step(x: torch.Tensor, y: torch.Tensor) -> None:
-            nonlocal loss_sum, correct
-            loss, n_correct = compute.step(x, y)
-            loss_sum += loss.double() * y.shape[0]
-            correct += n_correct
+            def step(x: torch.Tensor, y: torch.Tensor) -> None:
+                loss, correct = compute(x, y)
+                sums[0].add_(loss.double() * y.shape[0])
+                sums[1].add_(correct)
+        else:
+            options = {"num_workers": a.workers, "pin_memory": device.type == "cuda"}
+            loader = torch.utils.data.DataLoader(
+                SeedCIFAR10(batch_dir), plan.batch, shuffle=True, drop_last=True, **options
+            )
+            compute, setup = seed_compute(plan.model, device)
+            batches = common.forever(loader)
+            setup += f", DataLoader + PIL, {a.workers} workers"
+            losses: list[float] = []  # the running loss, a host float per step
 
-        total, data_s = timed_loop(lambda: next(batches), step, device, plan.warmup, plan.steps)
-        float(loss_sum.item())  # the trainer reads these every log_every steps
-        batches.close()
-    setup = compute.setup + ", on-device loader"
-    return PathResult.from_timing(plan, "fast", total_s=total, data_s=data_s, mem=mem, setup=setup)
+            def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
+                x, y = next(batches)
+                return x.to(device), y.to(device)
 
-
-def run_baseline(
-    plan: ModelPlan, batch_dir: Path, device: torch.device, *, workers: int
-) -> PathResult:
-    """The seed-style loop: per-sample PIL transforms in DataLoader workers, fp32, NCHW."""
-    with backend_flags(fast=False), _measure_memory(device) as mem:
-        dataset = SeedCIFAR10(batch_dir, train=True, transform=seed_transform())
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_size=plan.batch,
-            shuffle=True,
-            num_workers=workers,
-            pin_memory=device.type == "cuda",
-            drop_last=True,
-        )
-        compute = seed_compute(plan.model, device)
-        running_loss = 0.0
-        batches = forever(loader)
-
-        def next_batch() -> Batch:
-            inputs, labels = next(batches)
-            return inputs.to(device), labels.to(device)
-
-        def step(inputs: torch.Tensor, labels: torch.Tensor) -> None:
-            nonlocal running_loss
-            running_loss += compute.step(inputs, labels)
+            def step(x: torch.Tensor, y: torch.Tensor) -> None:
+                losses.append(compute(x, y))
 
         total, data_s = timed_loop(next_batch, step, device, plan.warmup, plan.steps)
-        batches.close()  # stops the workers inside the memory window
-    setup = f"{compute.setup}, DataLoader + PIL, {workers} workers"
-    return PathResult.from_timing(
-        plan, "baseline", total_s=total, data_s=data_s, mem=mem, setup=setup
-    )
+        batches.close()  # stops the baseline's workers inside the memory window
+    rates = {"img_s": plan.batch * plan.steps / total, "step_ms": 1000 * total / plan.steps}
+    figures = {"model": plan.model, "path": path, "batch": plan.batch, "setup": setup}
+    return figures | rates | {"data_wait": data_s / total, "peak_mem_bytes": peak[0]}
 
 
-# ---------------------------------------------------------------- the benchmark
-def best_paths(
-    plan: ModelPlan,
-    batch_dir: Path,
-    device: torch.device,
-    *,
-    workers: int,
-    compile_model: bool,
-    rounds: int,
-) -> tuple[PathResult, PathResult]:
-    """(fast, baseline): each path's best of ``rounds`` alternating rounds (highest img/s); peak
-    memory is the largest any round saw."""
-    peaks: dict[str, int] = {}
+def count_flops(model: torch.nn.Module, device: torch.device, n: int = 2) -> dict[str, float]:
+    """FLOPs per image of a training step: convolutions and matmuls, 2 per multiply-add; the
+    backward has grad-input and grad-weight convolutions, so a step is ~3x the forward."""
+    x, y = torch.randn(n, 3, 32, 32, device=device), torch.arange(n, device=device) % 10
+    with FlopCounterMode(display=False) as fwd:
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+    with FlopCounterMode(display=False) as bwd:
+        loss.backward()
+    forward, backward = fwd.get_total_flops() / n, bwd.get_total_flops() / n
+    return {"forward": forward, "train": forward + backward}
 
-    def run(path: str) -> PathResult:
-        if path == "fast":
-            r = run_fast(plan, batch_dir, device, compile_model=compile_model)
-        else:
-            r = run_baseline(plan, batch_dir, device, workers=workers)
-        _cleanup(device)
-        peaks[path] = max(peaks.get(path, 0), r.peak_mem_bytes)
-        return r
 
-    best = best_of_rounds(("fast", "baseline"), rounds, run, score=lambda r: r.img_s)
-    for path, r in best.items():
-        r.peak_mem_bytes = peaks[path]
-    return best["fast"], best["baseline"]
+def device_peak(device: torch.device, quick: bool) -> tuple[float, str]:
+    """MFU's denominator: a GPU's bf16 peak by name, else the best n^3 matmul we achieve."""
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+    if peak := next((f for key, f in GPU_PEAKS_BF16.items() if gpu and key in gpu.upper()), 0):
+        return peak, f"{gpu}: {peak / 1e12:.0f} TFLOP/s dense bf16 (spec)"
+    n, dtype, seconds = (8192, torch.bfloat16, 2.0) if gpu else (2048, torch.float32, 1.5)
+    n, seconds = (1024, 0.5) if quick and not gpu else (n, seconds)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    threads = torch.get_num_threads()
+    timer = Timer("a @ b", globals={"a": a, "b": b}, num_threads=threads)
+    peak = 2.0 * n**3 / min(timer.blocked_autorange(min_run_time=seconds).times)
+    if gpu:
+        return peak, f"{gpu}: not in the table; measured bf16 8192^3 matmul peak"
+    return peak, f"measured GEMM peak (fp32 {n}^3 matmul, {threads} threads)"
+
+
+def fmt_si(value: float, unit: str) -> str:  # 1.23e9 -> '1.23 G' + unit
+    scales = zip((1e15, 1e12, 1e9, 1e6, 1e3), "PTGMk", strict=True)
+    factor, prefix = next(((f, p) for f, p in scales if value >= f), (1.0, ""))
+    return f"{value / factor:.3g} {prefix}{unit}"
 
 
 def run_throughput(
-    plans: list[ModelPlan],
-    batch_dir: Path,
-    device: torch.device,
-    peak: Peak,
-    *,
-    workers: int,
-    compile_model: bool = False,
-    rounds: int = 1,
-) -> dict[str, Any]:
-    """Run every model's two paths, print the table and the checks; returns a JSON-able dict.
-
-    With ``rounds`` > 1 each path keeps its best round (bench.common.best_of_rounds): on a
-    shared host the best round is the one least disturbed by other processes, and alternating
-    exposes both paths to the same drift in load.
-    """
-    results: list[PathResult] = []
-    flops: dict[str, FlopCount] = {}
+    plans: list[ModelPlan], batch_dir: Path, device: torch.device, a: Any
+) -> list[Result]:
+    """Both paths, each its best of ``a.rounds`` alternating rounds, with its largest peak."""
+    peak, results, flops, rounds = device_peak(device, a.quick), [], {}, a.rounds
     for plan in plans:
         torch.manual_seed(0)
         flops[plan.model] = count_flops(build_model(plan.model).to(device), device)
-        pair = best_paths(
-            plan, batch_dir, device, workers=workers, compile_model=compile_model, rounds=rounds
-        )
-        for r in pair:
-            r.mfu = r.img_s * flops[plan.model].train / peak.flops
-        results += pair
-    _print_table(results, plans, device, rounds)
-    _print_flops(peak, flops)
-    pipeline_s = seed_pipeline_cost(batch_dir)
-    print(
-        f"seed-style per-sample pipeline (PIL RandomCrop+Flip+ToTensor+Normalize): "
-        f"{1e6 * pipeline_s:.0f} us/image on one core"
-    )
-    speedups, checks = _speedup_checks(plans, results, device, pipeline_s)
-    checks.append(_mfu_check(results, device))
-    print(format_checks(checks))
-    return {
-        "device": str(device),
-        "peak_flops": peak.flops,
-        "peak_label": peak.label,
-        "flops_per_image": {k: asdict(v) for k, v in flops.items()},
-        "results": [asdict(r) for r in results],
-        "speedups": speedups,
-        "checks": [c.to_dict() for c in checks],
-    }
+        peaks: dict[str, int] = {}
 
+        def run(path: str, plan: ModelPlan = plan, peaks: dict[str, int] = peaks) -> Result:
+            r = run_path(plan, path, batch_dir, device, a)
+            peaks[path] = max(peaks.get(path, 0), r["peak_mem_bytes"])
+            return r
 
-def _print_table(
-    results: list[PathResult], plans: list[ModelPlan], device: torch.device, rounds: int
-) -> None:
-    rows = [
-        [
-            r.model,
-            r.path,
-            r.batch,
-            f"{r.img_s:,.1f}",
-            f"{r.step_ms:.1f}",
-            f"{100 * r.data_wait:.1f}%",
-            f"{r.peak_mem_bytes / 2**20:,.0f}",
-            f"{100 * r.mfu:.2f}%",
-            r.setup,
-        ]
-        for r in results
-    ]
-    print(
-        format_table(
-            ["model", "path", "batch", "img/s", "step ms", "data wait", "peak MiB", "MFU", "setup"],
-            rows,
-            title=f"Throughput on {device.type}: best of {rounds} alternating round(s), "
-            f"warm-up {plans[0].warmup if plans else 0} steps, then "
-            f"{', '.join(f'{p.model} {p.steps}' for p in plans)} timed steps; peak MiB = "
-            f"{results[0].mem_kind if results else ''}",
-        )
-    )
-
-
-def _print_flops(peak: Peak, flops: dict[str, FlopCount]) -> None:
-    print(f"MFU denominator: {fmt_si(peak.flops, 'FLOP/s')} = {peak.label}")
-    print(
-        "FLOPs per training image (FlopCounterMode: conv + matmul only, 1 multiply-add = 2 FLOPs):"
-    )
+        best = common.best_of_rounds(("fast", "baseline"), rounds, run, lambda r: r["img_s"])
+        for path, r in best.items():
+            mfu = r["img_s"] * flops[plan.model]["train"] / peak[0]
+            results.append(r | {"peak_mem_bytes": peaks[path], "mfu": mfu})
+    kind = "RSS peak of the process + its workers (shared pages once per process)"
+    kind = "cuda max allocated" if device.type == "cuda" else kind
+    steps = ", ".join(f"{p.model} {p.steps}" for p in plans)
+    title = f"Throughput on {device.type}: best of {rounds} alternating round(s), warm-up "
+    title += f"{plans[0].warmup} steps, then {steps} timed steps; peak MiB = {kind}"
+    headers = ["model", "path", "batch", "img/s", "step ms", "data wait", "peak MiB", "MFU"]
+    print(common.format_table([*headers, "setup"], [row(r) for r in results], title))
+    print(f"MFU denominator: {fmt_si(peak[0], 'FLOP/s')} = {peak[1]}")
+    print("FLOPs per training image (FlopCounterMode, conv + matmul only, multiply-add = 2):")
     for name, fc in flops.items():
-        print(
-            f"  {name}: forward {fmt_si(fc.forward, 'FLOP')}, forward+backward "
-            f"{fmt_si(fc.train, 'FLOP')} ({fc.train / fc.forward:.2f}x forward)"
-        )
-
-
-def _speedup_checks(
-    plans: list[ModelPlan], results: list[PathResult], device: torch.device, pipeline_s: float
-) -> tuple[dict[str, float], list[Check]]:
-    """Per model: print the speed-up (and on CPU its bound), check it and the data wait."""
-    checks: list[Check] = []
-    speedups: dict[str, float] = {}
-    target = TARGET_SPEEDUP["cuda" if device.type == "cuda" else "cpu"]
+        f, t = fc["forward"], fc["train"]
+        fb = f"forward+backward {fmt_si(t, 'FLOP')} ({t / f:.2f}x forward)"
+        print(f"  {name}: forward {fmt_si(f, 'FLOP')}, {fb}")
+    dataset = SeedCIFAR10(batch_dir)
+    dataset[0]
+    t0 = time.perf_counter()
+    for i in range(256):
+        dataset[i]
+    pipeline_s = (time.perf_counter() - t0) / 256  # one core's seconds per image
+    pipeline = "seed-style per-sample pipeline (PIL RandomCrop+Flip+ToTensor+Normalize)"
+    print(f"{pipeline}: {1e6 * pipeline_s:.0f} us/image on one core")
+    checks = []
+    by_key = {(r["model"], r["path"]): r for r in results}
     for plan in plans:
-        fast, base = (
-            next(r for r in results if r.model == plan.model and r.path == p)
-            for p in ("fast", "baseline")
-        )
-        speedups[plan.model] = fast.img_s / base.img_s
+        fast, base = by_key[(plan.model, "fast")], by_key[(plan.model, "baseline")]
+        speedup = fast["img_s"] / base["img_s"]
         if device.type == "cpu":
-            # Both paths run the same fp32 NCHW model on the same cores; what the fast path
-            # removes is the per-sample work. Its share at the fast path's rate bounds the gain.
-            share = pipeline_s * fast.img_s / torch.get_num_threads()
-            print(
-                f"{plan.model}: at {fast.img_s:,.1f} img/s the per-sample pipeline would take "
-                f"{100 * share:.1f}% of {torch.get_num_threads()} cores, so removing it can "
-                f"speed CPU training up by about {1 + share:.2f}x at most"
-            )
-        print(
-            f"{plan.model}: fast {fast.img_s:,.1f} img/s vs baseline {base.img_s:,.1f} img/s "
-            f"= {speedups[plan.model]:.2f}x (batch {plan.batch})"
-        )
-        checks.append(
-            Check(
-                f"fast/baseline img/s, {plan.model}, batch {plan.batch}, {device.type}",
-                speedups[plan.model],
-                target,
-                unit="x",
-            )
-        )
-        checks.append(
-            Check(
-                f"fast-path data wait, {plan.model}",
-                100 * fast.data_wait,
-                100 * TARGET_DATA_WAIT,
-                higher_is_better=False,
-                unit="%",
-            )
-        )
-    return speedups, checks
+            # Both paths run the same fp32 model on the same cores; what the fast path removes
+            # is the per-sample work, so its share at the fast path's rate bounds the gain.
+            share = pipeline_s * fast["img_s"] / (threads := torch.get_num_threads())
+            took = f"{plan.model}: at {fast['img_s']:,.1f} img/s the per-sample pipeline would take"
+            gain = f"so removing it can speed CPU training up by about {1 + share:.2f}x at most"
+            print(f"{took} {100 * share:.1f}% of {threads} cores, {gain}")
+        versus = f"fast {fast['img_s']:,.1f} img/s vs baseline {base['img_s']:,.1f} img/s"
+        print(f"{plan.model}: {versus} = {speedup:.2f}x (batch {plan.batch})")
+        name = f"fast/baseline img/s, {plan.model}, batch {plan.batch}, {device.type}"
+        checks.append(common.check(name, speedup, TARGET_SPEEDUP[device.type], "x"))
+        wait, name = 100 * fast["data_wait"], f"fast-path data wait, {plan.model}"
+        checks.append(common.check(name, wait, 100 * TARGET_DATA_WAIT, "%", lower=True))
+    rn50, gpu, mfu = by_key.get(("resnet50", "fast")), device.type == "cuda", "ResNet50 MFU"
+    if gpu and rn50:
+        name = f"{mfu}, bf16, batch {rn50['batch']}, {torch.cuda.get_device_name(device)}"
+        checks.append(common.check(name, 100 * rn50["mfu"], 100 * TARGET_MFU, "%"))
+    elif gpu:
+        checks.append(common.check(f"{mfu} (H100, bf16)", None, None, note="resnet50 not run"))
+    else:
+        note = "n/a (GPU target); CPU MFU vs the measured GEMM peak is in the table"
+        checks.append(common.check(f"{mfu} >= 25% (H100, bf16)", None, None, note=note))
+    return checks
 
 
-def _mfu_check(results: list[PathResult], device: torch.device) -> Check:
-    rn50 = next((r for r in results if r.model == "resnet50" and r.path == "fast"), None)
-    if device.type != "cuda":
-        return Check(
-            "ResNet50 MFU >= 25% (H100, bf16)",
-            None,
-            None,
-            note="n/a (GPU target); CPU MFU vs the measured GEMM peak is in the table",
+def profile_step(
+    model: str, device: torch.device, batch: int, batch_dir: Path, fast: bool, steps: int = 2
+) -> tuple[float, dict[str, float], str]:
+    """Operator ms per step, self-time share per kind and setup of either step, random input."""
+    cuda = device.type == "cuda"
+    if fast:  # the staged set only fills the loader: the steps take random input
+        _, compute, setup = fast_compute(model, batch, device, read_cifar_dir(batch_dir))
+    else:
+        compute, setup = seed_compute(model, device)
+    nhwc = torch.channels_last if "NHWC" in setup else torch.contiguous_format
+    x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=nhwc)
+    y = torch.randint(0, 10, (batch,), device=device)
+    compute(x, y)  # warm-up: allocator, cuDNN / oneDNN algorithm choice
+    common.sync(device)
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    with profile(activities=activities, acc_events=True) as prof:
+        for _ in range(steps):
+            compute(x, y)
+        common.sync(device)
+    totals: Counter[str] = Counter()
+    for event in prof.key_averages():
+        spent = event.self_device_time_total if cuda else event.self_cpu_time_total
+        if spent > 0 and event.key.startswith("aten::"):
+            totals[category(event.key)] += spent
+    total = sum(totals.values()) or 1.0
+    return total / 1e3 / steps, {k: totals[k] / total for k in CATEGORIES}, setup
+
+
+def category(op: str) -> str:
+    """The kind of an aten operator, by name (forward and backward together)."""
+    return next((k for k, marks in KINDS.items() if any(m in op.lower() for m in marks)), "other")
+
+
+def run_profile(plans: list[ModelPlan], data: Path, device: torch.device, rounds: int) -> None:
+    """Each setup's fastest of ``rounds``; convolutions' c ms bound the fast step from below."""
+    rows, notes = [], []
+    for model, batch in ((p.model, p.batch) for p in plans):
+        run = functools.partial(profile_step, model, device, batch, data)
+        best = common.best_of_rounds((True, False), rounds, run, lambda r: -r[0])
+        for path, (ms, shares, setup) in (("fast", best[True]), ("seed-style", best[False])):
+            rows.append([model, path, setup, f"{ms:.1f}"])
+            rows[-1] += [f"{100 * shares[k]:.1f}%" for k in CATEGORIES]
+        (fast_ms, fast, _), seed_ms = best[True], best[False][0]
+        conv_ms = fast_ms * fast["convolution"]
+        notes.append(
+            f"{model} (batch {batch}): convolutions take {conv_ms:.1f} of the fast path's "
+            f"{fast_ms:.1f} operator ms/step; with every other operator free it could be at "
+            f"most {seed_ms / max(conv_ms, 1e-9):.2f}x faster than seed-style's "
+            f"{seed_ms:.1f} ms (input pipeline aside)"
         )
-    if rn50 is None:
-        return Check("ResNet50 MFU (H100, bf16)", None, None, note="resnet50 not run")
-    return Check(
-        f"ResNet50 MFU, bf16, batch {rn50.batch}, {torch.cuda.get_device_name(device)}",
-        100 * rn50.mfu,
-        100 * TARGET_MFU,
-        unit="%",
-    )
+    title = f"Operator time by kind, {device} (torch.profiler self time, batch as listed)"
+    print(common.format_table(["model", "path", "setup", "op ms/step", *CATEGORIES], rows, title))
+    print("\n".join(notes))
