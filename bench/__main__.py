@@ -94,11 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(threads := a.threads or cpu_count())
     cpu = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in ln)
     name = torch.cuda.get_device_name(device) if cuda else cpu.split(":", 1)[1].strip()
-    banner = (
-        f"slurmlab bench | torch {torch.__version__} | python {platform.python_version()} | "
-        f"device {device} ({name}) | torch threads {threads}\n{load_line()}"
-    )
-    print(banner, flush=True)
+    versions = f"torch {torch.__version__} | python {platform.python_version()}"
+    print(f"slurmlab bench | {versions} | device {device} ({name}) | torch threads {threads}")
+    print(load_line(), flush=True)
     plans, checks = [plan(a, a.device, model) for model in a.models], []
     with tempfile.TemporaryDirectory(prefix="slurmlab-bench-") as tmp_dir:
         tmp = data = Path(tmp_dir)
@@ -148,14 +146,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"({name}: {time.perf_counter() - t0:.1f} s)\n", flush=True)
     counts = {s: sum(c["status"] == s for c in checks) for s in ("PASS", "MISS", "N/A")}
     print("=== summary " + "=" * 83)
-    for c in checks:
-        print(f"{c['status']:<5} {c['name']}")
-    for f in failures:
-        print(f"ERROR {f}")
-    print(
-        f"{counts['PASS']} PASS, {counts['MISS']} MISS, {counts['N/A']} N/A, "
-        f"{len(failures)} failed; {time.perf_counter() - t_start:.0f} s in all"
-    )
+    lines = [f"{c['status']:<5} {c['name']}" for c in checks] + [f"ERROR {f}" for f in failures]
+    print("\n".join(lines))
+    summary = ", ".join(f"{n} {status}" for status, n in counts.items())
+    print(f"{summary}, {len(failures)} failed; {time.perf_counter() - t_start:.0f} s in all")
     return 1 if failures or (a.strict and counts["MISS"]) else 0
 
 

@@ -24,6 +24,8 @@ TARGETS = {"up_ready_s": 20.0, "submit_to_training_s": 15.0, "requeue_running_s"
 ROWS = {  # key -> label, in print order; indented rows break down the row above them
     "up_ready_s": "make up -> all nodes idle (clean)",
     **{f"up_{n}_s": f"  NODES={n}" for n in (1, 8, 16)},
+    "up_again_s": "make up on the running cluster",
+    "node_rejoin_s": "a node restarted -> make up ready",
     "node_idle_mib": "memory of an idle node (MiB, N=16)",
     "scale_up_s": "make scale NODES=4 -> 8, ready",
     "scale_down_s": "make scale NODES=8 -> 4, ready",
@@ -39,7 +41,8 @@ ROWS = {  # key -> label, in print order; indented rows break down the row above
     "preempt_checkpointed_s": "urgent job -> victim checkpointed",
     "preempt_urgent_running_s": "urgent job -> urgent RUNNING",
     "preempt_victim_running_s": "urgent done -> victim RUNNING",
-    "project_up_new_deps_s": "slurmlab up, project, new deps",
+    "project_up_cold_s": "slurmlab up, project, nothing built",
+    "project_up_new_deps_s": "  new deps (Slurm image built)",
     "project_up_cached_s": "  deps built before (clean volumes)",
     "project_up_again_s": "  on the running cluster (no change)",
     "imports_wall_s": "import torch+_dynamo, all nodes",
@@ -48,9 +51,9 @@ ROWS = {  # key -> label, in print order; indented rows break down the row above
 }
 
 
-def timed(*cmd: str, cwd: Path = REPO) -> float:
+def timed(*cmd: str, cwd: Path = REPO, env: dict[str, str] = ENV) -> float:
     start = time.monotonic()
-    sh(*cmd, cwd=cwd, env=ENV, timeout=1800)
+    sh(*cmd, cwd=cwd, env=env, timeout=1800)
     return time.monotonic() - start
 
 
@@ -58,9 +61,13 @@ def make(target: str, *settings: str) -> float:
     return timed("make", target, *settings, f"COMPOSE_PROJECT_NAME={PROJECT}")
 
 
-def slurmlab(*args: str, cwd: Path = REPO) -> str:
-    """The slurmlab CLI of this checkout, run in ``cwd``: the project it acts on."""
-    return sh("python3", "-m", "slurmlab", *args, env=ENV, cwd=cwd, timeout=1800)
+def slurmlab(*args: str, cwd: Path = REPO, env: dict[str, str] = ENV) -> str:  # on cwd's project
+    return sh("python3", "-m", "slurmlab", *args, env=env, cwd=cwd, timeout=1800)
+
+
+def images_of(cwd: Path, env: dict[str, str] = ENV) -> dict[str, str]:  # variable -> image
+    lines = slurmlab("env", cwd=cwd, env=env).replace("export ", "").splitlines()
+    return dict(line.split("=", 1) for line in lines if "_IMAGE=" in line)
 
 
 def probe(*args: str) -> dict[str, float]:
@@ -76,36 +83,40 @@ def growth_curve() -> dict[str, float]:
         make("clean")
         out[f"up_{nodes}_s"] = make("up", f"NODES={nodes}")
     time.sleep(5)  # let the 16 nodes settle before reading their memory
-    ps = ["docker", "ps", "--filter", f"label=com.docker.compose.project={PROJECT}", "--format"]
-    services = sh(*ps, '{{.ID}} {{.Label "com.docker.compose.service"}}').splitlines()
-    nodes = [line.split()[0] for line in services if line.split()[1].startswith("node")]
+    nodes = sh("docker", "ps", "-qf", f"name={PROJECT}.node").split()  # Compose v1 _, v2 -
     stats = sh("docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", *nodes)
     mib = {"KiB": 1 / 1024, "MiB": 1.0, "GiB": 1024.0}
     used = [line.split("/")[0].strip() for line in stats.splitlines()]
     out["node_idle_mib"] = statistics.median(float(u[:-3]) * mib[u[-3:]] for u in used)
     make("clean")
     make("up", "NODES=4")
+    out["up_again_s"] = make("up")
+    node2 = sh("docker", "ps", "-qf", f"name={PROJECT}.node2.")
+    out["node_rejoin_s"] = timed("docker", "restart", "-t", "2", node2) + make("up")
     return out | {"scale_up_s": make("scale", "NODES=8"), "scale_down_s": make("scale", "NODES=4")}
 
 
 def project_up() -> dict[str, float]:
-    """`slurmlab up` for tests/example_project, deps new (a unique comment), built, unchanged."""
+    """slurmlab up, tests/example_project: cold (another JOB_UID), new deps, built, unchanged."""
     with tempfile.TemporaryDirectory(prefix="slurmlab-bench-project-") as tmp:
         folder = Path(tmp) / "example_project"
         shutil.copytree(REPO / "tests" / "example_project", folder)
         requirements = folder / "requirements.txt"
         requirements.write_text(f"{requirements.read_text()}# bench run {uuid.uuid4().hex}\n")
-        up = ("python3", "-m", "slurmlab", "up")
+        up, cold = ("python3", "-m", "slurmlab", "up"), {**ENV, "JOB_UID": str(os.getpid() + 9999)}
         try:
-            out = {"project_up_new_deps_s": timed(*up, cwd=folder)}
-            image = slurmlab("env", cwd=folder).split("SLURMLAB_IMAGE=")[1].split()[0]
+            out = {"project_up_cold_s": timed(*up, cwd=folder, env=cold)}
+            built = [*images_of(folder, cold).values()]
+            slurmlab("clean", cwd=folder, env=cold)
+            out["project_up_new_deps_s"] = timed(*up, cwd=folder)
+            built.append(images_of(folder)["SLURMLAB_IMAGE"])
             slurmlab("clean", cwd=folder)
             out["project_up_cached_s"] = timed(*up, cwd=folder)
             out["project_up_again_s"] = timed(*up, cwd=folder)
         finally:
             with contextlib.suppress(RuntimeError):
                 slurmlab("clean", cwd=folder)
-        sh("docker", "rmi", image)  # built for this run only
+        sh("docker", "rmi", *built)  # built for this run only
     return out
 
 
@@ -137,9 +148,9 @@ def main() -> int:
         figures = " ".join(f"{v:>7.1f}{unit}" for v in (median, min(values), max(values)))
         verdict = f"{'PASS' if median <= target else 'MISS'} (<= {target:g} s)" if target else ""
         print(f"{label:<36} {figures}   {verdict}")
-    image = slurmlab("env", "--name", PROJECT).split("SLURMLAB_IMAGE=")[1].split()[0]
-    size = int(sh("docker", "image", "inspect", "-f", "{{.Size}}", image)) / 1e9
-    print(f"{'image size':<36} {size:>7.2f} GB")
+    for image in sorted(images_of(REPO, {**ENV, "COMPOSE_PROJECT_NAME": PROJECT}).values()):
+        size = int(sh("docker", "image", "inspect", "-f", "{{.Size}}", image)) / 1e9
+        print(f"{'image ' + image.split(':')[0]:<36} {size:>7.2f} GB")
     for key in (k for k, t in TARGETS.items() if statistics.median(results[k]) > t):
         print(f"MISS {key}: see README.md#performance for the profile of where the time goes")
     return 0

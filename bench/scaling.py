@@ -23,6 +23,7 @@ from trainer.build import assemble
 from trainer.config import load_config
 from trainer.data import read_cifar_dir
 from trainer.loop import train_step
+from trainer.topology import topology_from_env
 
 TARGET_EFF = {"gloo": 0.90, "nccl": 0.95}
 RANK_COUNTS = (1, 2, 4)
@@ -52,7 +53,7 @@ class Point:
 def train_rank(spec: RankSpec, threads: int, ddp: bool) -> tuple[float, float]:
     """One rank, placed by the launcher's variables: wall and process CPU seconds of its steps."""
     torch.set_num_threads(threads)
-    topo = distributed.topology_from_env()
+    topo = topology_from_env()
     device = distributed.select_device(topo) if spec.device_type == "cuda" else torch.device("cpu")
     backend, together = "none", topo.is_distributed
     if together:
@@ -61,7 +62,7 @@ def train_rank(spec: RankSpec, threads: int, ddp: bool) -> tuple[float, float]:
         )
     try:
         cfg = load_config(None, [f"model={spec.model}", f"batch_size={spec.batch}"])
-        shape = (topo, backend) if ddp and together else (distributed.topology_from_env({}), "none")
+        shape = (topo, backend) if ddp and together else (topology_from_env({}), "none")
         t = assemble(cfg, shape[0], device, shape[1], read_cifar_dir(spec.batch_dir))
         loop = (
             functools.partial(next, common.forever(t.train_loader)),
@@ -96,9 +97,8 @@ def launch(spec: RankSpec, key: Key) -> Point:
     slowest, images = max(wall for wall, _ in ranks), spec.batch * spec.steps
     per_rank = sum(images / wall for wall, _ in ranks) / world
     cores = sum(cpu for _, cpu in ranks) / slowest
-    return Point(
-        world, threads, per_rank, world * images / slowest, 1000 * slowest / spec.steps, cores
-    )
+    aggregate, step_ms = world * images / slowest, 1000 * slowest / spec.steps
+    return Point(world, threads, per_rank, aggregate, step_ms, cores)
 
 
 def measure(spec: RankSpec, keys: list[Key], rounds: int) -> dict[Key, Point]:
@@ -126,12 +126,8 @@ def run_scaling_cpu(spec: RankSpec, rounds: int) -> list[dict[str, Any]]:
         wall_eff = p.aggregate_img_s / (ideal * one.aggregate_img_s)
         cpu_eff = (p.aggregate_img_s / p.cores_used) / (one.aggregate_img_s / one.cores_used)
         over = " (oversubscribed)" if n * t_fixed > cores else ""
-        effs = [
-            f"{ddp_eff:.1%}",
-            f"{deliver:.2f}x of {ideal}x",
-            f"{wall_eff:.1%}",
-            f"{cpu_eff:.1%}",
-        ]
+        effs = [f"{ddp_eff:.1%}", f"{deliver:.2f}x of {ideal}x"]
+        effs += [f"{wall_eff:.1%}", f"{cpu_eff:.1%}"]
         rows.append([n, t_fixed, f"{n * t_fixed}{over}", *p.figures(), f"{solo:,.1f}", *effs])
         t = max(1, cores // n)
         p, over = cache[(n, t, True)], " (oversubscribed)" if n * t > cores else ""
@@ -181,10 +177,10 @@ def run_scaling_cuda(spec: RankSpec, rounds: int) -> list[dict[str, Any]]:
         print(common.format_table(headers, rows, title))
         note += f"; measured up to {counts[-1]}"
     name, target = "4-rank DDP efficiency, NCCL", 100 * TARGET_EFF["nccl"]
-    if 4 in points:
-        check = common.check(
+    if 4 not in points:
+        return [common.check(name, None, None, note=note)]
+    return [
+        common.check(
             name, 100 * points[4].aggregate_img_s / (4 * points[1].aggregate_img_s), target, "%"
         )
-    else:
-        check = common.check(name, None, None, note=note)
-    return [check]
+    ]

@@ -23,9 +23,9 @@ from bench import common
 from trainer.build import Training, assemble
 from trainer.config import load_config
 from trainer.data import MEAN, STD, ArrayDataset, read_cifar_dir
-from trainer.distributed import topology_from_env
 from trainer.loop import train_step
 from trainer.models import build_model
+from trainer.topology import topology_from_env
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 Result = dict[str, Any]

@@ -19,10 +19,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-# without_launcher_env and topology_from_env are re-exported for bench/ only, which imports them
-# from here until it moves to trainer.launch_env and trainer.topology (issue 20).
-from trainer.launch_env import without_launcher_env  # noqa: F401
-from trainer.topology import Topology, TopologyError, slurm_gpu, topology_from_env  # noqa: F401
+from trainer.topology import Topology, TopologyError, slurm_gpu
 
 log = logging.getLogger("trainer")
 

@@ -5,6 +5,10 @@ the job user in the checkout (what `make shell` gives), so variables set by one 
 next, as they do for a user. Every command must match exactly one expectation below, which
 asserts its outcome: a README command without one fails the test, so README and tests cannot
 drift apart. Each block stands alone, as it does for a reader who starts there.
+
+A training job a block starts (jobs/train_*.sbatch) must also train as the trainer promises: one
+rank per node over gloo, learning well beyond chance, rank 0 alone logging, checkpoint, curves
+and metrics in its run directory (check_training).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from dataclasses import dataclass, field
 import pytest
 from conftest import CHECKOUT, REPO, Cluster
 
+CHANCE = 10.0  # % accuracy of guessing among 10 classes
+
 MARKER = re.compile(r"^<!-- make-shell(?::\s*(\w+))? -->\n```[^\n]*\n(.*?)^```", re.M | re.S)
 
 
@@ -25,6 +31,7 @@ class Session:
 
     cluster: Cluster
     jobs: list[int] = field(default_factory=list)
+    training: list[tuple[int, str]] = field(default_factory=list)  # (job, launcher) to check
 
 
 @dataclass
@@ -64,10 +71,34 @@ def job_completed(session: Session, job: int) -> None:
     assert session.cluster.wait_done(job, timeout=900)[0] == "COMPLETED"
 
 
+def note_training(session: Session, ran: Ran, job: int) -> None:
+    launcher = re.search(r"jobs/train_(ddp|torchrun)\.sbatch", ran.command)
+    if launcher:
+        session.training.append((job, {"ddp": "slurm", "torchrun": "torchrun"}[launcher[1]]))
+
+
+def check_training(cluster: Cluster, job: int, launcher: str) -> None:
+    """A completed training job's log (slurm-<id>.out in the checkout) and run directory."""
+    nodes = int(cluster.sacct(job, "State,NNodes")[1])
+    log = (CHECKOUT / f"slurm-{job}.out").read_text()
+    topology = rf"Topology: launcher={launcher} rank=0 world_size={nodes} "
+    assert re.search(topology, log), f"one rank per node expected:\n{log[:3000]}"
+    assert "backend=gloo" in log  # emulated GPUs: CUDA sees none, so CPU ranks talk gloo
+    final = re.search(r"^Final: epoch=\d+ val_acc=([0-9.]+)", log, re.M)
+    assert final and float(final.group(1)) > 2 * CHANCE, log[-3000:]
+    assert re.search(r"Epoch: 0, Batch: \d+, Loss: [0-9.]+, Acc: [0-9.]+%", log)
+    assert log.count("Epoch 0 - Train Acc") == 1, "only rank 0 prints the training log"
+    run = cluster.shared_host_dir / "runs" / str(job)
+    assert (run / "curves.png").read_bytes().startswith(b"\x89PNG")
+    assert '"val_acc"' in (run / "metrics.jsonl").read_text()
+    assert list((run / "checkpoints").glob("*.pt")), f"no checkpoint in {run}"
+
+
 def expect_submitted(session: Session, ran: Ran) -> None:
     match = re.search(r"Submitted batch job (\d+)", ran.output)
     assert ran.status == 0 and match, ran.output
     session.jobs.append(int(match.group(1)))
+    note_training(session, ran, int(match.group(1)))
 
 
 def expect_waited(session: Session, ran: Ran) -> None:
@@ -75,6 +106,7 @@ def expect_waited(session: Session, ran: Ran) -> None:
     match = re.search(r"(?:Submitted batch job )?(\d+)", ran.output + " " + ran.job_var)
     assert ran.status == 0 and match, ran.output
     job_completed(session, int(match.group(1)))
+    note_training(session, ran, int(match.group(1)))
 
 
 def expect_in_queue_listing(session: Session, ran: Ran) -> None:
@@ -133,6 +165,8 @@ def expect_sweep_table(session: Session, ran: Ran) -> None:
     assert array, ran.output
     rows = re.findall(rf"^{array.group(1)}_\d+\s+lr=(\S+) .*COMPLETED\s", ran.output, re.M)
     assert sorted(rows) == ["0.05", "0.2"], ran.output
+    states = session.cluster.login(f"sacct -n -X -P -j {array.group(1)} -o State").split()
+    assert states == ["COMPLETED"] * 2, states
 
 
 Expectation = Callable[[Session, Ran], None]
@@ -178,3 +212,5 @@ def test_readme_make_shell_block_works_as_written(cluster: Cluster, index: int) 
         check(session, ran)
     for job in session.jobs:  # submitted without --wait: they must complete too
         assert cluster.wait_done(job, timeout=900)[0] == "COMPLETED", job
+    for job, launcher in session.training:
+        check_training(cluster, job, launcher)

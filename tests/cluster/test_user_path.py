@@ -28,12 +28,20 @@ def nodes_up(cluster: Cluster) -> dict[str, str]:
 def test_every_container_gives_the_job_user_the_same_python(cluster: Cluster, shell: str) -> None:
     """Through `docker exec` on each container: the login shell of `make shell` exists only on
     the login node, and the plain shell is what a job's own scripts get."""
+    services = ["slurmctld", *NODES]
+    probes = {
+        service: subprocess.Popen(
+            ["docker", "exec", "-u", JOB_USER, cluster.container_id(service), *shell.split(),
+             PYTHON_PROBE],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for service in services
+    }  # fmt: skip
     seen = {}
-    for service in ["slurmctld", *NODES]:
-        cmd = ["docker", "exec", "-u", JOB_USER, cluster.container_id(service), *shell.split()]
-        proc = subprocess.run([*cmd, PYTHON_PROBE], capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, f"{service} ({shell}): {proc.stdout}{proc.stderr}"
-        seen[service] = proc.stdout
+    for service, probe in probes.items():  # all at once: each imports torch
+        out, err = probe.communicate(timeout=300)
+        assert probe.returncode == 0, f"{service} ({shell}): {out}{err}"
+        seen[service] = out
     assert len(set(seen.values())) == 1, seen
     assert "/opt/venv/bin/python" in seen["slurmctld"]
 
@@ -250,14 +258,16 @@ def test_shared_root_setting_moves_every_default_path(cluster: Cluster) -> None:
     marker = cluster.tmp_path("marker")
     cluster.run(f"rm -rf {other} && mkdir -p {other} && touch {marker} && sleep 1")
     config = "jobs/configs/simple_cnn_synthetic.yaml"
+    # Where things go is what is tested: the smallest run that writes every kind of file.
+    tiny = "epochs=1 max_steps_per_epoch=2 synthetic_train=100 synthetic_val=20 plot=false"
     env = f"SLURMLAB_SHARED={other} CONFIG={config}"
     job = cluster.login(
-        f"{env} sbatch --parsable --wait --nodes=2 -o {other}/%j.out jobs/train_ddp.sbatch epochs=1"
+        f"{env} sbatch --parsable --wait --nodes=2 -o {other}/%j.out jobs/train_ddp.sbatch {tiny}"
     ).strip()
     assert cluster.sacct(int(job))[0] == "COMPLETED"
     out = cluster.login(
         f"SLURMLAB_SHARED={other} python jobs/submit.py --nodes 2 --timeout-min 20 "
-        f"--config {config} epochs=1",
+        f"--config {config} {tiny}",
         timeout=900,
     )
     submitit_job = re.search(r"job (\d+): 2 ranks returned, COMPLETED", out)
@@ -276,7 +286,7 @@ def test_shared_root_setting_moves_every_default_path(cluster: Cluster) -> None:
 
 
 def test_make_train_prints_results_readable_on_the_host(cluster: Cluster) -> None:
-    proc = make("train", timeout=1200)
+    proc = make("train", "ARGS=epochs=1", timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     paths = dict(
         re.findall(r"^\s+(curves|metrics|rank-0 log|checkpoint):\s+(\S+)$", proc.stdout, re.M)
