@@ -38,7 +38,7 @@ def main() -> None:
 
     params = submit.slurm_parameters("preempt-test", args.nodes, 1, 20, None)
     executor = submit.make_executor(os.path.abspath(submit.shared_path("submitit", "%j")), params)
-    overrides = ["epochs=4", "checkpoint_every_steps=5"]
+    overrides = ["epochs=2", "checkpoint_every_steps=5"]
     job = executor.submit(submit.TrainJob(submit.load_config(args.config, overrides)))
     print(f"submitted job {job.job_id}", flush=True)
 

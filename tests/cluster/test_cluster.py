@@ -8,7 +8,9 @@ import subprocess
 import tarfile
 
 import pytest
-from conftest import Cluster, slurmlab
+from conftest import Cluster, make, slurmlab
+
+from slurmlab import docker
 
 
 def compose_nodes(cluster: Cluster) -> list[str]:
@@ -27,6 +29,17 @@ def test_cluster_comes_up_with_every_node_idle_and_one_gpu_each(cluster: Cluster
     for name, _, state, gres in rows:
         assert state == "idle", f"{name} is {state}"
         assert gres.startswith("gpu:1"), f"{name} advertises {gres}"
+
+
+def test_make_up_on_the_running_cluster_changes_nothing(cluster: Cluster) -> None:
+    """It asks Docker whether the cluster runs its shape, images and runtime, and builds,
+    starts or restarts nothing (make bench-cluster times it)."""
+    before = sorted(c.id for c in docker.containers(cluster.project))
+    proc = make("up")
+    assert proc.returncode == 0, proc.stderr
+    assert "nothing to change" in proc.stdout, proc.stdout
+    assert "building" not in proc.stdout and "Recreating" not in proc.stderr
+    assert sorted(c.id for c in docker.containers(cluster.project)) == before
 
 
 def test_hostnames_are_slurm_node_names(cluster: Cluster) -> None:
@@ -129,29 +142,43 @@ def test_secrets_never_reach_the_logs(cluster: Cluster) -> None:
     assert password.strip() in rendered, "slurmdbd gets it only through its 0600 config"
 
 
-def image_name() -> str:
-    """The image of the login node and the compute nodes (the Slurm image is one of its
-    layers), as `slurmlab env` names it."""
+def images() -> dict[str, str]:
+    """The cluster's images as `slurmlab env` names them: SLURMLAB_SLURM_IMAGE (the accounting
+    tier's, and the bottom of the chain) and SLURMLAB_IMAGE (the login node's and the nodes')."""
     proc = slurmlab("env")
-    found = re.search(r"^export SLURMLAB_IMAGE=(\S+)$", proc.stdout, re.M)
-    assert proc.returncode == 0 and found, proc.stdout + proc.stderr
-    return found.group(1)
+    assert proc.returncode == 0, proc.stderr
+    found = dict(re.findall(r"^export (SLURMLAB_\w*IMAGE)=(\S+)$", proc.stdout, re.M))
+    assert set(found) == {"SLURMLAB_SLURM_IMAGE", "SLURMLAB_IMAGE"}, proc.stdout
+    return found
+
+
+def history(image: str) -> list[str]:
+    """The instructions that made the image's layers, newest first."""
+    out = subprocess.run(
+        ["docker", "history", "--no-trunc", "--format", "{{.CreatedBy}}", image],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return out.splitlines()
 
 
 def test_no_secret_in_any_image_layer() -> None:
-    """Scan every layer of the image (not just its final filesystem) for key material."""
+    """Every layer of the Slurm image (not just its final filesystem) holds no key material:
+    Debian's munge writes a key on install, removed in the same layer. The layers above it (the
+    trainer's stack) come from images/python-layer.Dockerfile alone, requirement files and pip,
+    which the history shows; the cluster's own secrets are made at its first start."""
     forbidden = re.compile(
         r"(^|/)(etc/munge/munge\.key|etc/slurm/slurmdbd\.conf|run/slurmlab/db/.*)$"
     )
-    save = subprocess.Popen(["docker", "save", image_name()], stdout=subprocess.PIPE)
+    slurm_image, image = images()["SLURMLAB_SLURM_IMAGE"], images()["SLURMLAB_IMAGE"]
+    save = subprocess.Popen(["docker", "save", slurm_image], stdout=subprocess.PIPE)
     assert save.stdout is not None
     found: list[str] = []
     layers = 0
-    with tarfile.open(fileobj=save.stdout, mode="r|") as image:
-        for member in image:
+    with tarfile.open(fileobj=save.stdout, mode="r|") as archive:
+        for member in archive:
             if not member.isfile():
                 continue
-            blob = image.extractfile(member)
+            blob = archive.extractfile(member)
             assert blob is not None
             try:
                 with tarfile.open(fileobj=blob, mode="r|") as layer:
@@ -162,13 +189,14 @@ def test_no_secret_in_any_image_layer() -> None:
     assert save.wait() == 0
     assert layers >= 2, "expected to have scanned the image's layers"
     assert found == []
-    history = subprocess.run(
-        ["docker", "history", "--no-trunc", image_name()],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert "munge.key" not in history.replace("rm -f /etc/munge/munge.key", "")
+    below, above = history(slurm_image), history(image)
+    assert above[len(above) - len(below) :] == below, "the Slurm image is the chain's bottom"
+    new = above[: len(above) - len(below)]
+    runs = [step for step in new if "#(nop)" not in step]
+    assert runs and all("pip install" in step for step in runs), runs
+    kinds = {step.split("#(nop)")[1].split()[0] for step in new if step not in runs}
+    assert kinds <= {"ARG", "COPY", "LABEL"}, kinds
+    assert "munge.key" not in "".join(below).replace("rm -f /etc/munge/munge.key", "")
 
 
 def test_no_port_is_published_beyond_loopback(cluster: Cluster) -> None:

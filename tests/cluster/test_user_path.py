@@ -63,7 +63,8 @@ def test_plain_sbatch_from_the_checkout_writes_its_log_there_as_the_owner(
 def test_root_owned_checkout_refuses_output_into_it_before_submitting(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    """Needs a second cluster, on a checkout that root owns (as CI's clone is)."""
+    """Needs a second cluster, on a checkout that root owns (as CI's clone is); `make clean`
+    then removes it, and the test asserts that nothing of it is left."""
     if os.geteuid() != 0:
         pytest.skip("creating a root-owned checkout needs root")
     project = f"{cluster.project}-root"
@@ -93,7 +94,19 @@ def test_root_owned_checkout_refuses_output_into_it_before_submitting(
         assert root.sacct(job)[0] == "COMPLETED"
         assert root.login(f"cat {SHARED}/logs/wrap-{job}.out").strip() == "fixed"
     finally:
+        # make clean on a checkout: nothing of that cluster is left, its state and secrets gone
+        # together (controller state and accounting must never disagree).
         assert make("clean", checkout=root_checkout, project=project).returncode == 0
+        label = f"label=com.docker.compose.project={project}"
+        for kind in ("container", "volume"):
+            left = subprocess.run(
+                ["docker", kind, "ls", "-aq" if kind == "container" else "-q", "--filter", label],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            assert left.stdout.split() == [], f"make clean left {kind}s: {left.stdout}"
+        assert not root.shared_host_dir.exists(), "make clean removes the shared files"
 
 
 @pytest.mark.parametrize(
@@ -239,6 +252,15 @@ def test_nodes_restarted_on_new_addresses_run_their_own_tasks(cluster: Cluster) 
             lambda: set(nodes_up(cluster).values()) == {"idle"} and len(nodes_up(cluster)) == 4,
             240,
         )
+        for node in ("node1", "node2"):  # rejoined drained, resumed once nothing was owed
+            log = subprocess.run(
+                ["docker", "logs", cluster.container_id(node)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            assert re.search(rf"{node} resumed \d+ s after its restart: the controller owes it "
+                             "nothing", log.stdout), log.stdout[-2000:]  # fmt: skip
         out = cluster.tmp_path("where") + ".out"
         job, rc = cluster.sbatch(
             f"-N4 -o {out}", "srun bash -c 'echo $(hostname) $SLURMD_NODENAME'"
@@ -259,7 +281,8 @@ def test_shared_root_setting_moves_every_default_path(cluster: Cluster) -> None:
     cluster.run(f"rm -rf {other} && mkdir -p {other} && touch {marker} && sleep 1")
     config = "jobs/configs/simple_cnn_synthetic.yaml"
     # Where things go is what is tested: the smallest run that writes every kind of file.
-    tiny = "epochs=1 max_steps_per_epoch=2 synthetic_train=100 synthetic_val=20 plot=false"
+    tiny = "epochs=1 max_steps_per_epoch=2 synthetic_train=256 synthetic_val=64 batch_size=32"
+    tiny += " plot=false"
     env = f"SLURMLAB_SHARED={other} CONFIG={config}"
     job = cluster.login(
         f"{env} sbatch --parsable --wait --nodes=2 -o {other}/%j.out jobs/train_ddp.sbatch {tiny}"
