@@ -86,7 +86,6 @@ def check_training(cluster: Cluster, job: int, launcher: str) -> None:
     assert "backend=gloo" in log  # emulated GPUs: CUDA sees none, so CPU ranks talk gloo
     final = re.search(r"^Final: epoch=\d+ val_acc=([0-9.]+)", log, re.M)
     assert final and float(final.group(1)) > 2 * CHANCE, log[-3000:]
-    assert re.search(r"Epoch: 0, Batch: \d+, Loss: [0-9.]+, Acc: [0-9.]+%", log)
     assert log.count("Epoch 0 - Train Acc") == 1, "only rank 0 prints the training log"
     run = cluster.shared_host_dir / "runs" / str(job)
     assert (run / "curves.png").read_bytes().startswith(b"\x89PNG")
