@@ -12,7 +12,7 @@ def controller_answers(cluster: Cluster) -> bool:
 
 
 def test_controller_restart_mid_job_loses_nothing(cluster: Cluster) -> None:
-    job = submit_training(cluster, trainer_args="epochs=2")
+    job = submit_training(cluster, "--nodes=2", "epochs=2")
     waiting = cluster.submit("--hold -N1 --wrap hostname")  # queued work must survive too
     cluster.wait_log(training_log(job), r"Epoch: 0, Batch: 10,")
 
@@ -20,7 +20,7 @@ def test_controller_restart_mid_job_loses_nothing(cluster: Cluster) -> None:
     cluster.wait_for("the controller to answer again", lambda: controller_answers(cluster), 120)
 
     assert cluster.queued_state(waiting) == "PENDING"
-    assert cluster.wait_done(job) == ["COMPLETED", "4", "0:0"]
+    assert cluster.wait_done(job) == ["COMPLETED", "2", "0:0"]
     log = cluster.login(f"cat {training_log(job)}")
     assert "restart 1" not in log, "the job must not have been requeued"
     assert "Final: epoch=2 " in log

@@ -22,7 +22,7 @@ def test_urgent_job_preempts_a_training_job_which_resumes_from_its_checkpoint(
     # all four nodes (the job file's default): the urgent job can only run by preempting it
     victim = submit_training(cluster, trainer_args="epochs=2 checkpoint_every_steps=10")
     log_path = training_log(victim)
-    cluster.wait_log(log_path, r"Epoch: 0, Batch: 20,")
+    cluster.wait_log(log_path, r"Epoch: 0, Batch: 10,")
 
     # As in README.md. It needs a GPU, which the victim holds on every node (a node's second
     # core is free: a CPU-only job would run beside the victim without preempting it).

@@ -13,9 +13,10 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from conftest import DEMO_CONFIG, SHARED, Cluster, make, training_log
+from conftest import DEMO_CONFIG, SHARED, SMALL_DATA, Cluster, make, training_log
 
-QUICK = "epochs=1 max_steps_per_epoch=8"  # a short real DDP run: the shape is what is tested
+# A short real DDP run: the shape is what is tested.
+QUICK = f"epochs=1 max_steps_per_epoch=8 {SMALL_DATA}"
 
 
 @pytest.fixture(scope="module", autouse=True)
