@@ -273,8 +273,8 @@ class Cluster:
     def check_restart_loses_no_job(
         self, controller: Controller, wanted: Target, found: list[docker.Container]
     ) -> None:
-        """A changed image or runtime (images/runtime/) has Compose start the containers again:
-        refuse while a job runs, which would die."""
+        """A changed image or runtime (images/runtime/, slurm/) has Compose start the containers
+        again: refuse while a job runs, which would die."""
         runtime = resources.runtime_digest()
         image_changed = any(c.running and c.image != wanted.image_of(c.service) for c in found)
         runtime_changed = any(c.running and c.runtime != runtime for c in found)
@@ -284,7 +284,8 @@ class Cluster:
             f"the cluster's image changed ({wanted.image}: the project's dependencies or "
             "slurmlab's image)"
             if image_changed
-            else "slurmlab's entrypoint or healthcheck changed (images/runtime/)"
+            else "the containers' entrypoint, healthcheck or Slurm configuration changed "
+            "(images/runtime/, slurm/)"
         )
         jobs = " ".join(job.id for job in controller.running_jobs())
         if jobs:

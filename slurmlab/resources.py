@@ -46,11 +46,13 @@ def images_dir() -> Path:
 
 
 def runtime_digest() -> str:
-    """Of images/runtime/ (entrypoint, healthcheck, seff): mounted, not built into the images."""
+    """Of what every container reads from the cluster definition at start, mounted rather than
+    built into an image: images/runtime/ (entrypoint, healthcheck, seff) and slurm/."""
     h = hashlib.sha256()
-    runtime = images_dir() / "runtime"
-    for path in sorted(p for p in runtime.rglob("*") if p.is_file()):
-        h.update(path.relative_to(runtime).as_posix().encode() + b"\0" + path.read_bytes())
+    top = cluster_dir()
+    for folder in (images_dir() / "runtime", top / "slurm"):
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            h.update(path.relative_to(top).as_posix().encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:16]
 
 
