@@ -6,9 +6,14 @@ SHELL := /bin/bash
 include .env
 export
 
-# The slurmlab CLI, run from this checkout: no install needed (this checkout's cluster needs only
-# Python's standard library). Its errors name make's variables (NODES=2), not the CLI's flags.
-PYTHON_CLI := SLURMLAB_COMMAND_STYLE=make PYTHONPATH=$(CURDIR) python3 -m
+VENV := .venv
+# The slurmlab CLI, run from this checkout: no install needed. It needs Python's standard library
+# and PyYAML (the site description, slurm/site.yaml): the host's python3 where it has PyYAML,
+# else the venv of the host tools (made on first use). Its errors name make's variables (NODES=2),
+# not the CLI's flags.
+CLI_PYTHON := $(shell python3 -c 'import yaml' >/dev/null 2>&1 && echo python3 || echo $(VENV)/bin/python)
+CLI_DEPS := $(if $(filter python3,$(CLI_PYTHON)),,$(VENV)/.installed)
+PYTHON_CLI := SLURMLAB_COMMAND_STYLE=make PYTHONPATH=$(CURDIR) $(CLI_PYTHON) -m
 SLURMLAB := $(PYTHON_CLI) slurmlab
 # This checkout's cluster: mounted at /workspace, named COMPOSE_PROJECT_NAME (.env; tests use
 # another name).
@@ -19,8 +24,12 @@ given = $(filter command line,$(origin $(1)))
 SHAPE := $(if $(call given,NODES),--nodes '$(NODES)') \
   $(if $(call given,GPUS_PER_NODE),--gpus-per-node '$(GPUS_PER_NODE)') \
   $(if $(call given,GPUS),--gpu-mode $(if $(filter 1,$(GPUS)),nvidia,emulated))
+# The site's rules (SITE=FILE, or SITE=default for slurm/site.yaml): kept until given again.
+SITE_ARG := $(if $(call given,SITE),--site '$(SITE)')
+# Another user of the site for shell/exec (AS=alice); USER is the environment's.
+AS ?=
+AS_ARG := $(if $(AS),--user '$(AS)')
 
-VENV := .venv
 PYTEST_ARGS ?=
 JOB ?= jobs/train_ddp.sbatch
 ARGS ?=
@@ -33,44 +42,48 @@ help: ## Show this help
 ## ---- cluster -----------------------------------------------------------------------------
 
 .PHONY: image
-image: ## Build the cluster's images where missing (and debian:trixie-slim if no registry has it)
+image: $(CLI_DEPS) ## Build the cluster's images where missing (and debian:trixie-slim if no registry has it)
 	@$(SLURMLAB) build $(CLUSTER)
 
 .PHONY: up
-up: ## Start the cluster (NODES=4 GPUS_PER_NODE=1 GPUS=0) and wait until every node is idle
-	@$(SLURMLAB) up $(CLUSTER) $(SHAPE)
+up: $(CLI_DEPS) ## Start the cluster (NODES=4 GPUS_PER_NODE=1 GPUS=0 SITE=FILE), or apply a changed site
+	@$(SLURMLAB) up $(CLUSTER) $(SHAPE) $(SITE_ARG)
 
 .PHONY: scale
-scale: ## Add or remove nodes of the running cluster (NODES=M); jobs and accounting are kept
+scale: $(CLI_DEPS) ## Add or remove nodes of the running cluster (NODES=M); jobs and accounting are kept
 	@$(SLURMLAB) scale $(CLUSTER) $(SHAPE)
 
 .PHONY: config
-config: ## Print the compose configuration `make up` would start for the shape; changes nothing
+config: $(CLI_DEPS) ## Print the compose configuration `make up` would start for the shape; changes nothing
 	@$(SLURMLAB) config $(CLUSTER) $(SHAPE)
 
 .PHONY: down
-down: ## Stop the cluster (state, accounting, secrets and /shared are kept)
+down: $(CLI_DEPS) ## Stop the cluster (state, accounting, secrets and /shared are kept)
 	@$(SLURMLAB) down $(CLUSTER)
 
 .PHONY: clean
-clean: ## Stop the cluster and delete ALL its state: accounting DB, job state, secrets, shared files
+clean: $(CLI_DEPS) ## Stop the cluster and delete ALL its state: accounting DB, job state, secrets, shared files
 	@$(SLURMLAB) clean $(CLUSTER)
 
 .PHONY: status
-status: ## Nodes, queue and recent jobs in one screen
+status: $(CLI_DEPS) ## Nodes, queue and recent jobs in one screen
 	@$(SLURMLAB) status $(CLUSTER)
 
 .PHONY: logs
-logs: ## Follow a job's rank-0 output (JOB=<id>), or the daemons' logs
+logs: $(CLI_DEPS) ## Follow a job's rank-0 output (JOB=<id>), or the daemons' logs
 	@job=$${JOB_ID:-}; if [[ -z $$job && "$(JOB)" =~ ^[0-9]+(_[0-9]+)?$$ ]]; then job="$(JOB)"; fi; \
 	 $(SLURMLAB) logs $(CLUSTER) $$job
 
 .PHONY: shell
-shell: ## Open a shell on the controller (login node) as the job user
-	@$(SLURMLAB) shell $(CLUSTER)
+shell: $(CLI_DEPS) ## Open a shell on the login node as the job user (AS=alice: as another user of the site)
+	@$(SLURMLAB) shell $(CLUSTER) $(AS_ARG)
+
+.PHONY: site-check
+site-check: $(CLI_DEPS) ## Check a site description (SITE=FILE, default: the cluster's) and show what up would change
+	@$(SLURMLAB) site check $(CLUSTER) $(SITE_ARG)
 
 .PHONY: env
-env: ## Shell lines for a plain `docker compose` on the cluster: eval "$$(make -s env)"
+env: $(CLI_DEPS) ## Shell lines for a plain `docker compose` on the cluster: eval "$$(make -s env)"
 	@$(SLURMLAB) env $(CLUSTER)
 
 ## ---- jobs ------------------------------------------------------------------------------
@@ -116,6 +129,10 @@ test-clean: ## Remove the test cluster that test-cluster keeps running between r
 .PHONY: bench
 bench: ## Trainer benchmarks: throughput vs baseline, DDP scaling, time to accuracy (GPUS=1: on GPU)
 	@$(PYTHON_CLI) slurmlab.dev bench $(if $(filter 1,$(GPUS)),--gpus) $(ARGS)
+
+.PHONY: gpu-check
+gpu-check: ## Prove the trainer's GPU path on this host's GPU with its own PyTorch, no Docker (ARGS=--rehearse: on CPU)
+	@python3 -m bench.gpu_check $(ARGS)
 
 .PHONY: bench-cluster
 bench-cluster: image $(VENV)/.installed ## Cluster latencies (up->ready, submit->training, ...) on a throwaway cluster

@@ -151,8 +151,45 @@ def preempt(config: str) -> dict[str, float]:
     return result | {"preempt_victim_running_s": victim_running}
 
 
+# A step that grows at a steady rate until the sampler (JobAcctGatherFrequency) kills it.
+GROW = """import sys, time
+rate, chunk, held, t0 = float(sys.argv[1]), 16 << 20, [], time.monotonic()
+while True:
+    block = bytearray(chunk); block[::4096] = b"x" * len(block[::4096]); held.append(block)
+    print(len(held) * 16, round(time.monotonic() - t0, 3), flush=True)
+    time.sleep(max(0.0, t0 + len(held) * 16 / rate - time.monotonic()))
+"""
+
+
+def memory(*rates: str) -> dict[str, float]:
+    """A step over --mem=256M growing at RATE MiB/s: how far past the limit it got before
+    OverMemoryKill ended it (its last sample, in MiB) and how long after it crossed the limit."""
+    import re
+    import tempfile
+
+    out: dict[str, float] = {}
+    for rate in rates or ("100", "400"):
+        with tempfile.NamedTemporaryFile(
+            "w", suffix=".out", dir=os.environ["SLURMLAB_SHARED"]
+        ) as log:
+            job = sh("sbatch", "--parsable", "--mem=256M", "-o", log.name, "--wrap",
+                     f"srun python3 -c '{GROW}' {rate}")  # fmt: skip
+            until(job, "")
+            text = Path(log.name).read_text()
+        killed = re.search(r"exceeded memory limit \((\d+) > (\d+)\)", text)
+        grown = [line.split() for line in text.splitlines() if re.match(r"^\d+ [0-9.]+$", line)]
+        if not killed or not grown:
+            raise RuntimeError(f"job {job} was not killed for its memory:\n{text[-2000:]}")
+        used, limit = (int(n) / 2**20 for n in killed.groups())
+        crossed = next(float(t) for mib, t in grown if int(mib) > limit)
+        out[f"oom_overshoot_{rate}_mib"] = used - limit
+        out[f"oom_kill_after_{rate}_s"] = float(grown[-1][1]) - crossed
+    return out
+
+
 if __name__ == "__main__":
     probes = {"running": running, "training": training, "imports": imports, "requeue": requeue}
+    probes |= {"memory": memory}
     # every probe starts on an empty queue with every node idle (none still COMPLETING)
     wait(lambda: not sh("squeue", "-h") and set(sh("sinfo", "-h", "-o", "%t").split()) == {"idle"})
     print(json.dumps((probes | {"preempt": preempt})[sys.argv[1]](*sys.argv[2:])))

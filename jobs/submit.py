@@ -50,6 +50,7 @@ def slurm_parameters(
         "ntasks_per_node": gpus_per_node,  # one rank per GPU; each takes GPU LOCAL_RANK
         "gpus_per_node": gpus_per_node,
         "cpus_per_task": 1,
+        "mem_per_gpu": "8G",  # host memory per rank, as jobs/train_ddp.sbatch asks
         "time": timeout_min,
         "signal_delay_s": 120,
         "additional_parameters": {"requeue": True},

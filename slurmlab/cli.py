@@ -2,7 +2,9 @@
 
     slurmlab up [--nodes N] [--gpus-per-node G] [--gpu-mode emulated|nvidia]
     slurmlab exec -- sbatch --wait jobs/train.sbatch     # on the login node, as the job user
-    slurmlab shell | status | logs [JOB] | scale --nodes M | down | clean
+    slurmlab shell [--user NAME] | status | logs [JOB] | scale --nodes M | down | clean
+    slurmlab up --site FILE                               # the site's rules (slurmlab.site)
+    slurmlab site check [--site FILE] | site import DIR [-o FILE]
     slurmlab build | config | env | list
 
 Every command takes --project DIR (default: found from the current folder, see
@@ -19,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from slurmlab import __version__, facts
+from slurmlab import __version__, facts, site_import
 from slurmlab.cluster import Cluster, list_clusters
 from slurmlab.config import ShapeRequest, Style
 from slurmlab.errors import SlurmlabError
@@ -74,10 +76,27 @@ def parser() -> argparse.ArgumentParser:
     def command(name: str, help: str, *parents: argparse.ArgumentParser) -> argparse.ArgumentParser:
         return commands.add_parser(name, help=help, description=help, parents=[common, *parents])
 
+    site_option = argparse.ArgumentParser(add_help=False)
+    site_option.add_argument(
+        "--site",
+        metavar="FILE",
+        help="the site's rules (accounts, users, QOS, partitions, memory): a site description, "
+        "or default for slurmlab's own (default: site: in slurmlab.yaml, else the cluster's "
+        "current site)",
+    )
+    user_option = argparse.ArgumentParser(add_help=False)
+    user_option.add_argument(
+        "--user",
+        metavar="NAME",
+        help=f"log in as this user of the cluster's site (default: {facts.JOB_USER}, the job user)",
+    )
+
     command(
         "up",
-        "build what is missing, start the cluster (or reshape it) and wait for its nodes",
+        "build what is missing, start the cluster (or reshape it, or apply a changed site) and "
+        "wait for its nodes",
         shape,
+        site_option,
     )
     command(
         "scale", "add or remove nodes of the running cluster; jobs and accounting are kept", shape
@@ -89,11 +108,12 @@ def parser() -> argparse.ArgumentParser:
         "secrets, shared files (the project's own files are not touched)",
     )
     command("status", "nodes, queue and recent jobs")
-    command("shell", "a login shell on the login node as the job user, in the project")
+    command("shell", "a login shell on the login node as the job user, in the project", user_option)
     run = command(
         "exec",
         "run one command on the login node as the job user, in the project "
         "folder; exits with its status",
+        user_option,
     )
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
     logs = command("logs", "follow a job's output, or the cluster daemons' logs")
@@ -107,6 +127,33 @@ def parser() -> argparse.ArgumentParser:
     command("build", "build the cluster's images (cluster image, the project's dependencies)")
     command("config", "print the Compose configuration `up` would start; changes nothing", shape)
     command("env", 'shell lines that point docker compose at the cluster: eval "$(slurmlab env)"')
+    site = command("site", "the site's rules: check a site description, or import your cluster's")
+    site_commands = site.add_subparsers(dest="site_command", required=True, metavar="SITE_COMMAND")
+    check = site_commands.add_parser(
+        "check",
+        help="check a site description and print what the cluster would run from it",
+        description="check a site description (every problem at once) and print the slurm.conf "
+        "part and the users it gives; with a running cluster, also what `up` would change",
+        parents=[common, site_option],
+    )
+    check.set_defaults(site_command="check")
+    importer = site_commands.add_parser(
+        "import",
+        help="write a site description from your cluster's scontrol/sacctmgr output",
+        description=site_import.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    importer.add_argument("folder", type=Path, metavar="DIR", help="the folder of those files")
+    importer.add_argument(
+        "-o", "--output", type=Path, metavar="FILE", help="write it here (default: stdout)"
+    )
+    importer.add_argument(
+        "--user",
+        metavar="NAME",
+        help="your user name on that cluster (default: the one assoc.txt names); its "
+        f"associations become those of {facts.JOB_USER}, the job user",
+    )
+    importer.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
     commands.add_parser(
         "list",
         help="every slurmlab cluster on this host",
@@ -118,6 +165,8 @@ def parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, style: Style) -> int:
     if args.command == "list":
         return list_clusters()
+    if args.command == "site" and args.site_command == "import":
+        return site_import.main(args.folder, args.output, args.user, args.force)
     project = open_project(Path.cwd(), args.project, args.config, args.name)
     cluster = Cluster(project, style)
     request = ShapeRequest(
@@ -127,7 +176,7 @@ def run(args: argparse.Namespace, style: Style) -> int:
     )
     match args.command:
         case "up":
-            return cluster.up(request)
+            return cluster.up(request, args.site)
         case "scale":
             return cluster.scale(request)
         case "config":
@@ -139,10 +188,12 @@ def run(args: argparse.Namespace, style: Style) -> int:
         case "status":
             return cluster.status()
         case "shell":
-            return cluster.shell(Path.cwd())
+            return cluster.shell(Path.cwd(), args.user)
         case "exec":
             argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
-            return cluster.exec(argv, Path.cwd())
+            return cluster.exec(argv, Path.cwd(), args.user)
+        case "site":
+            return cluster.check_site(args.site)
         case "logs":
             return cluster.logs(args.job, follow=args.follow)
         case "build":

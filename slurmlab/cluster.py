@@ -20,11 +20,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from slurmlab import deps, docker, facts, images, resources, state
+from slurmlab import accounting, deps, docker, facts, images, resources, state
+from slurmlab import site as site_mod
 from slurmlab.config import Shape, ShapeRequest, Style, resolve_shape
 from slurmlab.errors import SlurmlabError
 from slurmlab.project import Project
-from slurmlab.slurm import Controller
+from slurmlab.site import DEFAULT_SITE, Site
+from slurmlab.slurm import Controller, Node
 
 READY_TIMEOUT_S = 180
 # Compose reads these from the CLI's environment (docker-compose.yml); `slurmlab env` prints them.
@@ -42,6 +44,8 @@ COMPOSE_VARIABLES = (
     "SLURMLAB_GPU_MODE",
     "SLURMLAB_MAX_NODES",
     "SLURMLAB_RUNTIME_DIGEST",
+    "SLURMLAB_CPUS_PER_GPU",
+    "SLURMLAB_MEMORY_PER_GPU_MB",
 )
 
 
@@ -78,6 +82,49 @@ class Cluster:
         except ValueError:
             return Shape(nodes=1, gpus_per_node=1, gpu_mode="emulated")
 
+    def site_source(self, given: str | None = None) -> tuple[str, str]:
+        """Which site description the cluster takes, and where that was said: --site, else
+        site: in slurmlab.yaml, else the one the cluster was given last, else slurmlab's default.
+        A file is an absolute path; "default" is slurmlab's own slurm/site.yaml."""
+        config = self.project.config
+        if given:
+            said = self.style.site(given)
+            source = given if given == DEFAULT_SITE else str(Path(given).resolve())
+        elif config.site:
+            said = f"site: {config.site} in {config.path}"
+            base = config.path.parent if config.path else self.project.dir
+            source = (
+                config.site if config.site == DEFAULT_SITE else str((base / config.site).resolve())
+            )
+        elif self.recorded().site:
+            source = self.recorded().site or DEFAULT_SITE
+            said = f"the cluster's site ({source})"
+        else:
+            return DEFAULT_SITE, "slurmlab's default site"
+        if source != DEFAULT_SITE and not Path(source).is_file():
+            raise SlurmlabError(
+                f"{said}: no such file. Give a site description (slurmlab site import writes one "
+                f"from your cluster), or {self.style.site(DEFAULT_SITE)} for slurmlab's own"
+            )
+        return source, said
+
+    def site(self, given: str | None = None) -> tuple[Site, str]:
+        """The site description (checked: every problem named) and its source."""
+        source, _ = self.site_source(given)
+        path = site_mod.default_site_path() if source == DEFAULT_SITE else Path(source)
+        return site_mod.load(path), source
+
+    def recorded_node_offer(self) -> tuple[int, int]:
+        """(CPUs, MiB) per GPU the nodes were started with; else the site's."""
+        recorded = self.recorded()
+        if recorded.cpus_per_gpu and recorded.memory_per_gpu_mb:
+            return recorded.cpus_per_gpu, recorded.memory_per_gpu_mb
+        try:
+            site, _ = self.site()
+        except SlurmlabError:
+            site = site_mod.load(site_mod.default_site_path())
+        return site.cpus_per_gpu, site.memory_per_gpu_mb
+
     @property
     def stack(self) -> str:
         if self.project.is_slurmlab_checkout:  # the trainer's own cluster
@@ -99,7 +146,12 @@ class Cluster:
         return images.cluster_images(self.stack, self.requirements())
 
     def compose_env(
-        self, shape: Shape, slurm_image: str, image: str, override: Path | None = None
+        self,
+        shape: Shape,
+        slurm_image: str,
+        image: str,
+        node_offer: tuple[int, int],
+        override: Path | None = None,
     ) -> dict[str, str]:
         """The environment Compose runs this cluster with."""
         project = self.project
@@ -123,6 +175,8 @@ class Cluster:
             "SLURMLAB_GPU_MODE": shape.gpu_mode,
             "SLURMLAB_MAX_NODES": str(facts.max_nodes()),
             "SLURMLAB_RUNTIME_DIGEST": resources.runtime_digest(),
+            "SLURMLAB_CPUS_PER_GPU": str(node_offer[0]),
+            "SLURMLAB_MEMORY_PER_GPU_MB": str(node_offer[1]),
         }
 
     def current_env(self) -> dict[str, str]:
@@ -132,7 +186,9 @@ class Cluster:
         if slurm_image is None or image is None:
             planned = images.cluster_images(self.stack, None)
             slurm_image, image = planned.slurm_tag, planned.cluster_tag
-        return self.compose_env(self.current_shape(), slurm_image, image)
+        return self.compose_env(
+            self.current_shape(), slurm_image, image, self.recorded_node_offer()
+        )
 
     def containers(self) -> list[docker.Container]:
         return docker.containers(self.name)
@@ -171,14 +227,20 @@ class Cluster:
         images.ensure(planned.layers)
         return planned.cluster_tag
 
-    def up(self, request: ShapeRequest) -> int:
+    def up(self, request: ShapeRequest, site_given: str | None = None) -> int:
         shape = self.shape(request)
+        site, source = self.site(site_given)  # a site file with problems: refused here
         planned = self.planned_images()  # a missing or unusable requirements file: refused here
         found = self.containers()
         self.check_name_is_ours(found)
-        wanted = Target(self, shape, planned.slurm_tag, planned.cluster_tag)
-        if wanted.is_running(found, self.recorded()):
-            print(f"== cluster {self.name} is up: {shape.describe()}, nothing to change")
+        wanted = Target(self, shape, planned.slurm_tag, planned.cluster_tag, site, source)
+        recorded = self.recorded()
+        if wanted.is_running(found, recorded):
+            if wanted.site_is_applied(recorded):
+                print(f"== cluster {self.name} is up: {shape.describe()}, nothing to change")
+            else:
+                self.apply_site(wanted, self.controller(), live=True)
+                self.record(wanted)
             self.print_where()
             return 0
         docker.check_docker()
@@ -196,7 +258,10 @@ class Cluster:
                 f"{self.style.gpus_per_node(shape.gpus_per_node)} reshapes it"
             )
         env = self.current_env()
-        wanted = Target(self, shape, env["SLURMLAB_SLURM_IMAGE"], env["SLURMLAB_IMAGE"])
+        site, source = self.site()
+        wanted = Target(
+            self, shape, env["SLURMLAB_SLURM_IMAGE"], env["SLURMLAB_IMAGE"], site, source
+        )
         found = self.containers()
         if wanted.is_running(found, recorded):
             print(f"== cluster {self.name} already has {shape.describe()}")
@@ -204,21 +269,30 @@ class Cluster:
         return self.apply(wanted, found)
 
     def apply(self, wanted: Target, found: list[docker.Container]) -> int:
-        """Bring the cluster to `wanted`: remove what does not belong, start what is missing."""
+        """Bring the cluster to `wanted`: remove what does not belong, start what is missing,
+        then bring its accounting to the site's."""
         self.prepare_state_dir()
         recorded = self.recorded()
         env = wanted.env()
         login = next((c for c in found if c.service == facts.LOGIN_SERVICE and c.running), None)
         if login is not None:
-            self.check_restart_loses_no_job(Controller(login), wanted, found)
+            controller = Controller(login)
+            if not wanted.site_is_applied(recorded) and not wanted.restarts(found):
+                # What can change live does, before anything restarts (jobs run through it).
+                self.apply_site(wanted, controller, live=True)
+            self.check_restart_loses_no_job(controller, wanted, found)
+        # Every Slurm container reads these at start (slurm.conf includes the site's part).
+        site_mod.write(wanted.site, wanted.shape.nodes, self.project.site_dir)
         extra_containers = [
             c.service for c in found if (facts.node_index(c.service) or 0) > wanted.shape.nodes
         ]
         reshaping = bool(extra_containers) or (
             recorded.nodes is not None
-            and (recorded.nodes, recorded.gpus_per_node)
-            != (wanted.shape.nodes, wanted.shape.gpus_per_node)
-        )
+            and (recorded.nodes, recorded.gpus_per_node, recorded.cpus_per_gpu,
+                 recorded.memory_per_gpu_mb)
+            != (wanted.shape.nodes, wanted.shape.gpus_per_node, wanted.site.cpus_per_gpu,
+                wanted.site.memory_per_gpu_mb)
+        )  # fmt: skip
         if reshaping:
             # The controller must answer before nodes can be drained, requeued and deleted.
             self.compose(["up", "-d", *facts.CONTROLLER_TIER], env)
@@ -227,9 +301,8 @@ class Cluster:
             known = controller.nodes()
             gone = {
                 name
-                for name, gres in known.items()
-                if (facts.node_index(name) or 0) > wanted.shape.nodes
-                or gres != f"gpu:{wanted.shape.gpus_per_node}"
+                for name, node in known.items()
+                if (facts.node_index(name) or 0) > wanted.shape.nodes or node != wanted.node
             }
             self.remove_nodes(
                 controller, sorted(gone | set(extra_containers), key=_by_index), known
@@ -237,6 +310,17 @@ class Cluster:
         self.write_override(wanted)
         print(f"== cluster {self.name}: {wanted.shape.describe()}", flush=True)
         self.compose(["up", "-d", "--remove-orphans", *wanted.services], env)
+        self.record(wanted, site_applied=False)
+        if reshaping:
+            self.warn_unfitting_jobs(wanted.shape.nodes)
+        self.wait_ready(wanted)
+        self.apply_site(wanted, self.controller(), live=False)
+        self.record(wanted)
+        self.print_where()
+        return 0
+
+    def record(self, wanted: Target, site_applied: bool = True) -> None:
+        recorded = self.recorded()
         state.save(
             self.project.state_dir,
             state.Recorded(
@@ -246,13 +330,88 @@ class Cluster:
                 slurm_image=wanted.slurm_image,
                 image=wanted.image,
                 compose_digest=wanted.digest(),
+                site=wanted.site_source,
+                site_digest=wanted.site_digest() if site_applied else recorded.site_digest,
+                cpus_per_gpu=wanted.site.cpus_per_gpu,
+                memory_per_gpu_mb=wanted.site.memory_per_gpu_mb,
             ),
         )
-        if reshaping:
-            self.warn_unfitting_jobs(wanted.shape.nodes)
-        self.wait_ready(wanted)
-        self.print_where()
-        return 0
+
+    def apply_site(self, wanted: Target, controller: Controller, live: bool) -> None:
+        """Bring the running cluster to the site's rules: its users on every container, its
+        accounting tree (sacctmgr), its partition features and its part of slurm.conf
+        (scontrol reconfigure). Jobs run through it; a removal Slurm refuses while jobs are
+        active is named and left for the next `up`."""
+        site, nodes, started = wanted.site, wanted.shape.nodes, time.monotonic()
+        folder = self.project.site_dir
+        new = site_mod.rendered(site, nodes)
+        old = {name: site_mod.read_written(folder, name) for name in new}
+        if live:
+            self.check_site_loses_no_job(controller, site)
+            print(f"== applying the site {wanted.site_source} to the running cluster", flush=True)
+        if new["users"] != old["users"] or not live:
+            site_mod.write(site, nodes, folder)
+            if live:  # at start the entrypoint made them
+                self.sync_users()
+        current = accounting.read_current(controller.sacctmgr_show)
+        steps = accounting.plan(site, current, cluster=facts.SLURM_CLUSTER)
+        outcome = accounting.apply(steps, controller.sacctmgr)
+        for step in outcome.applied:
+            print(f"   {step.says}")
+        for step, said in outcome.deferred:
+            print(
+                f"   not yet: {step.says} ({said or 'refused'}); the next {self.style.up} "
+                "tries again",
+                file=sys.stderr,
+            )
+        if live:
+            wanted_features = site_mod.node_features(site, nodes)
+            for node, features in controller.node_features().items():
+                if node in wanted_features and set(features) != set(wanted_features[node]):
+                    controller.set_features(node, wanted_features[node])
+                    print(f"   {node}: features {','.join(wanted_features[node]) or 'none'}")
+            site_mod.write(site, nodes, folder)
+            if new["slurm.conf"] != old["slurm.conf"]:
+                print("   slurm.conf: the site's part changed: scontrol reconfigure", flush=True)
+                controller.reconfigure()
+        if not live or outcome.applied or new != old:
+            changes, took = len(outcome.applied), time.monotonic() - started
+            print(
+                f"== site {wanted.site_source}: applied ({changes} accounting change(s), "
+                f"{took:.1f} s)"
+            )
+
+    def check_site_loses_no_job(self, controller: Controller, site: Site) -> None:
+        """A partition the site no longer has must hold no job (Slurm would end them)."""
+        for partition in controller.partitions():
+            if partition.rstrip("*") in site.partitions:
+                continue
+            jobs = controller.run("squeue", "-h", "-p", partition.rstrip("*"), "-o", "%i").split()
+            if jobs:
+                raise SlurmlabError(
+                    f"the site no longer has partition {partition.rstrip('*')}, and job(s) "
+                    f"{' '.join(jobs)} are in it: wait for them (squeue) or scancel them, then "
+                    "run this again. Nothing was changed."
+                )
+
+    def sync_users(self) -> None:
+        """Create the site's new users on every running container that runs jobs or logins."""
+        targets = [
+            c for c in self.containers()
+            if c.running and (c.service == facts.LOGIN_SERVICE or facts.node_index(c.service))
+        ]  # fmt: skip
+        command = [f"{facts.RUNTIME_MOUNT}/entrypoint.sh", "users"]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            results = list(pool.map(
+                lambda c: docker.run(docker.exec_args(c, command), capture_output=True), targets
+            ))  # fmt: skip
+        for container, proc in zip(targets, results, strict=True):
+            if proc.returncode != 0:
+                raise SlurmlabError(
+                    f"creating the site's users on {container.service} failed: "
+                    f"{(proc.stderr or proc.stdout).strip()}",
+                    exit_code=1,
+                )
 
     def compose(self, args: list[str], env: dict[str, str]) -> None:
         status = docker.compose(args, env)
@@ -275,18 +434,35 @@ class Cluster:
     ) -> None:
         """A changed image or runtime (images/runtime/, slurm/) has Compose start the containers
         again: refuse while a job runs, which would die."""
-        runtime = resources.runtime_digest()
-        image_changed = any(c.running and c.image != wanted.image_of(c.service) for c in found)
-        runtime_changed = any(c.running and c.runtime != runtime for c in found)
-        if not (image_changed or runtime_changed):
+        image_changed, runtime_changed = wanted.image_changed(found), wanted.runtime_changed(found)
+        redefined = []
+        if runtime_changed:
+            # The mounted slurm/ may no longer read with what these containers run (a newer
+            # slurmlab); ask the controller with a client configuration that only finds it.
+            controller = controller.minimal_client()
+        elif not image_changed:
+            redefined = [
+                name for name, node in controller.nodes().items()
+                if (facts.node_index(name) or 0) <= wanted.shape.nodes
+                and node.gres == wanted.node.gres and node != wanted.node
+            ]  # fmt: skip
+        if not (image_changed or runtime_changed or redefined):
             return
-        what = (
-            f"the cluster's image changed ({wanted.image}: the project's dependencies or "
-            "slurmlab's image)"
-            if image_changed
-            else "the containers' entrypoint, healthcheck or Slurm configuration changed "
-            "(images/runtime/, slurm/)"
-        )
+        if image_changed:
+            what = (
+                f"the cluster's image changed ({wanted.image}: the project's dependencies or "
+                "slurmlab's image)"
+            )
+        elif runtime_changed:
+            what = (
+                "the containers' entrypoint, healthcheck or Slurm configuration changed "
+                "(images/runtime/, slurm/)"
+            )
+        else:
+            what = (
+                f"the site's nodes now offer {site_mod.format_node(wanted.site)} (nodes: in "
+                f"{wanted.site_source}), which a node takes only when it registers again"
+            )
         jobs = " ".join(job.id for job in controller.running_jobs())
         if jobs:
             raise SlurmlabError(
@@ -299,7 +475,9 @@ class Cluster:
             "files are kept)"
         )
 
-    def remove_nodes(self, controller: Controller, nodes: list[str], known: dict[str, str]) -> None:
+    def remove_nodes(
+        self, controller: Controller, nodes: list[str], known: dict[str, Node]
+    ) -> None:
         """Drain, requeue what runs there, remove the containers, delete the nodes from Slurm.
         Refuses, before changing anything, when a running job there may not be requeued."""
         if not nodes:
@@ -364,11 +542,17 @@ class Cluster:
                 time.sleep(0.5)
         controller = self.controller()
         known = controller.nodes()
-        expected = {node: f"gpu:{wanted.shape.gpus_per_node}" for node in wanted.nodes}
+        expected = {node: wanted.node for node in wanted.nodes}
         if known != expected:
+
+            def said(nodes: dict[str, Node]) -> str:
+                return ", ".join(
+                    f"{name} ({n.gres}, {n.cpus} CPUs, {n.memory_mb}M)" for name, n in nodes.items()
+                )
+
             raise SlurmlabError(
-                f"the cluster's nodes are {known}, expected {expected}: see the daemons' logs "
-                "(slurmlab logs)",
+                f"the cluster's nodes are {said(known) or 'none'}; expected {said(expected)}: see "
+                "the daemons' logs (slurmlab logs)",
                 exit_code=1,
             )
         print(
@@ -396,7 +580,8 @@ class Cluster:
     def print_config(self, request: ShapeRequest) -> int:
         shape = self.shape(request)
         planned = self.planned_images()
-        wanted = Target(self, shape, planned.slurm_tag, planned.cluster_tag)
+        site, source = self.site()
+        wanted = Target(self, shape, planned.slurm_tag, planned.cluster_tag, site, source)
         override = wanted.override()
         with tempfile.TemporaryDirectory(prefix="slurmlab-config-") as folder:
             path = None
@@ -451,22 +636,39 @@ class Cluster:
         args = docker.exec_args(login, ["bash", "-c", script], user=facts.JOB_USER)
         return docker.run(args).returncode
 
-    def exec(self, command: list[str], cwd: Path) -> int:
-        """Run a command on the login node as the job user, in the folder that mirrors cwd."""
+    def exec(self, command: list[str], cwd: Path, user: str | None = None) -> int:
+        """Run a command on the login node as the job user (or another of the site's users), in
+        the folder that mirrors cwd."""
         if not command:
             raise SlurmlabError("slurmlab exec needs a command: slurmlab exec -- sbatch job.sbatch")
-        return self.login(["bash", "-lc", 'exec "$@"', "slurmlab-exec", *command], cwd)
+        return self.login(["bash", "-lc", 'exec "$@"', "slurmlab-exec", *command], cwd, user)
 
-    def shell(self, cwd: Path) -> int:
-        return self.login(["bash", "-l"], cwd)
+    def shell(self, cwd: Path, user: str | None = None) -> int:
+        return self.login(["bash", "-l"], cwd, user)
 
-    def login(self, command: list[str], cwd: Path, **kwargs: object) -> int:
+    def login_user(self, user: str | None) -> str:
+        """The user to log in as: the job user, or one the cluster's site lists."""
+        if user is None or user == facts.JOB_USER:
+            return facts.JOB_USER
+        site, source = self.site()
+        if user not in site.users:
+            listed = ", ".join(sorted({facts.JOB_USER, *site.users}))
+            raise SlurmlabError(
+                f"{self.style.user(user)}: the cluster's site ({source}) has no user {user} (its "
+                f"users: {listed}): add {user} under users: in the site file and run "
+                f"{self.style.up}"
+            )
+        return user
+
+    def login(
+        self, command: list[str], cwd: Path, user: str | None = None, **kwargs: object
+    ) -> int:
         """A command in a login shell on the login node, as the job user (what `shell` gives)."""
         tty = sys.stdin.isatty() and sys.stdout.isatty()
         args = docker.exec_args(
             self.login_node(),
             command,
-            user=facts.JOB_USER,
+            user=self.login_user(user),
             workdir=self.project.mount_of(cwd),
         )
         args.insert(2, "-it" if tty else "-i")
@@ -495,6 +697,38 @@ class Cluster:
         reader = ["tail", "-n", "+1", "-F", out] if follow else ["cat", out]
         args = docker.exec_args(controller.container, reader, user=facts.JOB_USER)
         return docker.run(args).returncode
+
+    def check_site(self, given: str | None) -> int:
+        """`slurmlab site check`: the site checked, what the cluster runs from it and, on a
+        running cluster, what `up` would change. Changes nothing."""
+        site, source = self.site(given)
+        print(f"== site {source}: no problems")
+        print(f"   nodes offer {site_mod.format_node(site)}")
+        users = ", ".join(
+            f"{name} (uid {'of the project owner' if name == facts.JOB_USER else site.uid(name)}, "
+            f"default account {user.get('default_account') or user['accounts'][0]})"
+            for name, user in site.users.items()
+        )
+        print(f"   users: {users or 'none'}")
+        print("== its part of slurm.conf:")
+        print(site_mod.slurm_conf(site), end="")
+        login = self.service(facts.LOGIN_SERVICE)
+        if login is None:
+            return 0
+        controller = Controller(login)
+        current = accounting.read_current(controller.sacctmgr_show)
+        steps = accounting.plan(site, current, cluster=facts.SLURM_CLUSTER)
+        print(f"== on the running cluster {self.name}, {self.style.up} would:")
+        for step in steps:
+            print(f"   {step.says}")
+        written = site_mod.read_written(self.project.site_dir, "slurm.conf")
+        if written != site_mod.slurm_conf(site):
+            print("   apply its part of slurm.conf (scontrol reconfigure)")
+        if (site.cpus_per_gpu, site.memory_per_gpu_mb) != self.recorded_node_offer():
+            print("   start the nodes again with what they offer (when no job runs)")
+        if not steps and written == site_mod.slurm_conf(site):
+            print("   nothing: the cluster runs this site")
+        return 0
 
     def print_env(self) -> int:
         """Shell lines that point Docker Compose at this cluster: eval "$(slurmlab env)"."""
@@ -537,12 +771,37 @@ class Cluster:
 
 @dataclass
 class Target:
-    """The cluster `up` or `scale` brings about: a shape on two images."""
+    """The cluster `up` or `scale` brings about: a shape on two images, under a site's rules."""
 
     cluster: Cluster
     shape: Shape
     slurm_image: str
     image: str
+    site: Site
+    site_source: str  # "default" or the site file's path
+
+    @property
+    def node(self) -> Node:
+        """What each node registers with."""
+        g = self.shape.gpus_per_node
+        return Node(f"gpu:{g}", self.site.node_cpus(g), self.site.node_memory_mb(g))
+
+    def image_changed(self, found: list[docker.Container]) -> bool:
+        return any(c.running and c.image != self.image_of(c.service) for c in found)
+
+    def runtime_changed(self, found: list[docker.Container]) -> bool:
+        runtime = resources.runtime_digest()
+        return any(c.running and c.runtime != runtime for c in found)
+
+    def restarts(self, found: list[docker.Container]) -> bool:
+        """Compose will start the running containers again (another image or runtime)."""
+        return self.image_changed(found) or self.runtime_changed(found)
+
+    def site_digest(self) -> str:
+        return site_mod.digest(self.site, self.shape.nodes)
+
+    def site_is_applied(self, recorded: state.Recorded) -> bool:
+        return recorded.site == self.site_source and recorded.site_digest == self.site_digest()
 
     @property
     def nodes(self) -> list[str]:
@@ -574,7 +833,8 @@ class Target:
         return {"services": services}
 
     def env(self, override: Path | None = None) -> dict[str, str]:
-        return self.cluster.compose_env(self.shape, self.slurm_image, self.image, override)
+        offer = (self.site.cpus_per_gpu, self.site.memory_per_gpu_mb)
+        return self.cluster.compose_env(self.shape, self.slurm_image, self.image, offer, override)
 
     def digest(self) -> str:
         """Of everything Compose is started with: its files and the settings it reads."""

@@ -11,6 +11,8 @@ slurmlab.yaml sits at the root of the user's project; every key is optional:
     requirements: requirements.txt   # Python dependencies to install in the cluster's
                               # environment: a requirements file or pyproject.toml; false: none
                               # (default: requirements.txt, else pyproject.toml, when present)
+    site: site.yaml           # the site's rules (accounts, users, QOS, partitions, memory):
+                              # a site description (slurmlab.site); default: slurmlab's own
 
 Each shape setting is taken from the first place that gives it: the command line, slurmlab.yaml,
 the shape the cluster was given last (slurmlab.state), .env's default.
@@ -34,7 +36,7 @@ from slurmlab.images import STACKS
 from slurmlab.state import Recorded
 
 CONFIG_FILE_NAME = "slurmlab.yaml"
-KEYS = ("name", "nodes", "gpus_per_node", "gpu_mode", "stack", "requirements")
+KEYS = ("name", "nodes", "gpus_per_node", "gpu_mode", "stack", "requirements", "site")
 # A Compose project name: it prefixes the cluster's containers, network and volumes.
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
@@ -50,6 +52,7 @@ class ProjectConfig:
     gpu_mode: str | None = None
     stack: str | None = None
     requirements: str | bool | None = None
+    site: str | None = None  # a site description, relative to this file's folder; or "default"
 
 
 def check_name(name: str, said: str) -> str:
@@ -120,8 +123,15 @@ def load_config(path: Path) -> ProjectConfig:
             f"{said('requirements')}: expected a file of the project (requirements.txt, "
             "pyproject.toml) or false"
         )
+    site = data.get("site")
+    if site is not None and (not isinstance(site, str) or not site.strip()):
+        raise SlurmlabError(
+            f"{said('site')}: expected a site description file of the project (site.yaml) or "
+            "default (slurmlab's own)"
+        )
     return ProjectConfig(
         path=path,
+        site=site,
         name=name,
         nodes=integer("nodes"),
         gpus_per_node=integer("gpus_per_node"),
@@ -155,6 +165,12 @@ class Style:
 
     def nodes(self, value: object) -> str:
         return f"NODES={value}" if self.make else f"--nodes {value}"
+
+    def site(self, value: object) -> str:
+        return f"SITE={value}" if self.make else f"--site {value}"
+
+    def user(self, value: object) -> str:
+        return f"AS={value}" if self.make else f"--user {value}"
 
     def gpus_per_node(self, value: object) -> str:
         return f"GPUS_PER_NODE={value}" if self.make else f"--gpus-per-node {value}"

@@ -29,6 +29,10 @@ LOGIN_SERVICE = "slurmctld"  # the controller is also the login and submit host
 NODE_SERVICE = re.compile(r"^node(\d+)$")
 # The image's unprivileged job user (a build argument of images/Dockerfile).
 JOB_USER = "slurmlab"
+# ClusterName in slurm/slurm.conf: what sacctmgr and sacct call the cluster.
+SLURM_CLUSTER = "slurmlab"
+# Where every container mounts images/runtime/ (entrypoint, healthcheck; docker-compose.yml).
+RUNTIME_MOUNT = "/opt/slurmlab/runtime"
 # slurmlab's own checkout is mounted here on every container (another project: at its own path).
 CHECKOUT_MOUNT = "/workspace"
 # The Compose labels the CLI finds a cluster's containers by.

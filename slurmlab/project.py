@@ -56,6 +56,12 @@ class Project:
         return self.state_dir / "shared"
 
     @property
+    def site_dir(self) -> Path:
+        """What the site description makes the containers read (slurmlab.site), mounted at
+        /etc/slurmlab/site."""
+        return self.state_dir / "site"
+
+    @property
     def gpu_override(self) -> Path:
         """The Compose override that gives nodes the host's GPUs (written by the CLI)."""
         return self.state_dir / "compose.gpus.json"

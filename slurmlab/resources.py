@@ -45,6 +45,11 @@ def images_dir() -> Path:
     return cluster_dir() / "images"
 
 
+# In slurm/ but read by the CLI, not by the containers: a changed default site is applied live
+# (slurmlab.site), never by starting the containers again.
+NOT_RUNTIME = ("slurm/site.yaml",)
+
+
 def runtime_digest() -> str:
     """Of what every container reads from the cluster definition at start, mounted rather than
     built into an image: images/runtime/ (entrypoint, healthcheck, seff) and slurm/."""
@@ -52,6 +57,8 @@ def runtime_digest() -> str:
     top = cluster_dir()
     for folder in (images_dir() / "runtime", top / "slurm"):
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            if path.relative_to(top).as_posix() in NOT_RUNTIME:
+                continue
             h.update(path.relative_to(top).as_posix().encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:16]
 

@@ -13,16 +13,46 @@ from slurmlab.errors import SlurmlabError
 
 
 @dataclass(frozen=True)
+class Node:
+    """What a node registered with: its GRES (gpu:2), CPUs and memory (MiB)."""
+
+    gres: str
+    cpus: int
+    memory_mb: int
+
+
+@dataclass(frozen=True)
 class Job:
     id: str
     requeueable: bool
 
 
+# Enough for Slurm's client commands to reach the controller: what minimal_client() uses.
+MINIMAL_CLIENT_CONF = (
+    f"ClusterName={facts.SLURM_CLUSTER}\nSlurmctldHost={facts.LOGIN_SERVICE}\nAuthType=auth/munge\n"
+)
+MINIMAL_CLIENT_PATH = "/tmp/slurmlab-client.conf"
+
+
 @dataclass
 class Controller:
     container: docker.Container
+    minimal: bool = False  # ask with MINIMAL_CLIENT_CONF, not the mounted slurm.conf
+
+    def minimal_client(self) -> Controller:
+        """This controller, asked with a client configuration that only says where it is: for
+        containers started by another slurmlab, whose mounted slurm/ may no longer read with
+        what they run (Slurm's clients then spend a minute failing)."""
+        return Controller(self.container, minimal=True)
 
     def run(self, *command: str, check: bool = True, timeout: float = 60) -> str:
+        if self.minimal:
+            command = (
+                "sh", "-c",
+                f'printf "{MINIMAL_CLIENT_CONF}" >{MINIMAL_CLIENT_PATH} && '
+                f'SLURM_CONF={MINIMAL_CLIENT_PATH} exec "$@"',
+                "slurmlab-client", *command,
+            )  # fmt: skip
         proc = docker.run(
             docker.exec_args(self.container, command), capture_output=True, timeout=timeout
         )
@@ -52,11 +82,13 @@ class Controller:
                 )
             time.sleep(0.5)
 
-    def nodes(self) -> dict[str, str]:
-        """Every node Slurm knows: name -> GRES (e.g. gpu:1). sinfo lists a node once per
+    def nodes(self) -> dict[str, Node]:
+        """Every node Slurm knows, with what it registered. sinfo lists a node once per
         partition, hence the dict."""
-        rows = self.run("sinfo", "-h", "-N", "-o", "%N %G").split()
-        return dict(zip(rows[::2], rows[1::2], strict=True))
+        rows = [
+            line.split() for line in self.run("sinfo", "-h", "-N", "-o", "%N %G %c %m").splitlines()
+        ]
+        return {row[0]: Node(row[1], int(row[2]), int(row[3])) for row in rows if len(row) == 4}
 
     def jobs(self, on: Sequence[str] = (), states: Iterable[str] = ()) -> list[Job]:
         args = ["squeue", "-h", "-O", "JobID:20,Requeue:4"]
@@ -97,3 +129,32 @@ class Controller:
 
     def node_table(self) -> str:
         return self.run("sinfo", "-N", "-o", "%N %P %t %G %c %m")
+
+    def sacctmgr(self, args: list[str]) -> tuple[int, str]:
+        """sacctmgr as Slurm's administrator (root): its status and everything it said."""
+        proc = docker.run(
+            docker.exec_args(self.container, ["sacctmgr", *args]), capture_output=True, timeout=60
+        )
+        return proc.returncode, proc.stdout + proc.stderr
+
+    def sacctmgr_show(self, args: list[str]) -> str:
+        return self.run("sacctmgr", "-n", "-P", *args)
+
+    def partitions(self) -> list[str]:
+        return self.run("sinfo", "-h", "-o", "%R").split()
+
+    def reconfigure(self) -> None:
+        """slurm.conf read again (24.11 restarts slurmctld in place: jobs and queue are kept)."""
+        self.run("scontrol", "reconfigure")
+        self.wait_answering()
+
+    def set_features(self, node: str, features: Sequence[str]) -> None:
+        joined = ",".join(features)
+        self.run("scontrol", "update", f"NodeName={node}", f"AvailableFeatures={joined}",
+                 f"ActiveFeatures={joined}")  # fmt: skip
+
+    def node_features(self) -> dict[str, tuple[str, ...]]:
+        rows = [line.split() for line in self.run("sinfo", "-h", "-N", "-o", "%N %f").splitlines()]
+        return {
+            r[0]: tuple(f for f in r[1].split(",") if f != "(null)") for r in rows if len(r) == 2
+        }

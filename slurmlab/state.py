@@ -1,7 +1,8 @@
 """What a cluster was last given, kept by the CLI in <project>/.slurmlab/<cluster>/cluster.json.
 
-The shape and images of the last `up` and the digest of what Compose was handed then: the next
-`up` keeps the shape, compares the rest to decide whether anything must change, and `down`,
+The shape, images and site of the last `up` and the digests of what Compose was handed and of
+what the site made the cluster do: the next `up` keeps the shape and the site, compares the rest
+to decide whether anything must change, and `down`,
 `status` and `clean` reach the cluster whatever slurmlab.yaml says now. `slurmlab clean` forgets
 it. Only the CLI writes and reads it.
 """
@@ -26,6 +27,11 @@ class Recorded:
     slurm_image: str | None = None
     image: str | None = None  # the login node's and the compute nodes'
     compose_digest: str | None = None  # of the files and settings Compose was started with
+    site: str | None = None  # the site description: a file's absolute path, or "default"
+    site_digest: str | None = None  # of what the site made the cluster do (slurmlab.site)
+    # What each node offers per GPU (the site's nodes:), as its slurmd registered it.
+    cpus_per_gpu: int | None = None
+    memory_per_gpu_mb: int | None = None
 
 
 def load(state_dir: Path) -> Recorded:

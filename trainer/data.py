@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer.files import atomic_path
+from trainer.files import atomic_path, make_shared_dirs, readable_by_all
 from trainer.synthetic import BATCH_DIR, generate_synthetic, synthetic_root
 
 log = logging.getLogger("trainer")
@@ -133,6 +133,7 @@ def _extract(archive: Path, root: Path) -> None:
             extract_archive(archive, tmp)
             if not _complete(tmp / BATCH_DIR):
                 raise DataError(f"{archive}: archive does not contain a complete {BATCH_DIR}/")
+            readable_by_all(tmp)
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise DataError(
             f"{archive}: cannot extract ({exc}); delete it and stage it again. "
@@ -172,6 +173,7 @@ def _download(url: str, dest: Path, md5: str, timeout: float = 60.0) -> None:
                 f"downloaded {url} has md5 {got}, expected {md5} (truncated or "
                 "corrupted download); run again to retry. " + _stage_hint(dest.parent, md5)
             )
+        readable_by_all(part)
 
 
 def ensure_cifar10(
@@ -192,7 +194,7 @@ def ensure_cifar10(
                 f"CIFAR-10 not found in {root} and download=false. " + _stage_hint(root, md5)
             )
         try:
-            root.mkdir(parents=True, exist_ok=True)
+            make_shared_dirs(root)
         except OSError as exc:
             raise DataError(f"cannot create data_dir {root}: {exc}") from exc
         _download(url, archive, md5)

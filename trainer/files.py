@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "remove_stale_temps", "temp_path"]
+__all__ = ["atomic_path", "make_shared_dirs", "readable_by_all", "remove_stale_temps", "temp_path"]
 
 _TMP_INFIX = ".tmp-"
 
@@ -108,3 +108,28 @@ def remove_stale_temps(directory: str | os.PathLike[str], name_glob: str, max_ag
         with contextlib.suppress(OSError):
             if time.time() - stale.stat().st_mtime > max_age_s:
                 _remove(stale)
+
+
+# Datasets are staged once and read by every user's jobs (a site's shared datasets folder),
+# whatever the umask of whoever staged them (077 makes run directories and logs private): a
+# dataset is written readable by all. Runs, checkpoints and logs keep the user's umask.
+def readable_by_all(path: str | os.PathLike[str]) -> None:
+    """chmod a+rX over a file, or a tree, this process just wrote."""
+    if not os.path.isdir(path):
+        os.chmod(path, os.stat(path).st_mode | 0o444)
+        return
+    for root, _dirs, files in os.walk(path):
+        os.chmod(root, os.stat(root).st_mode | 0o555)
+        for name in files:
+            full = os.path.join(root, name)
+            os.chmod(full, os.stat(full).st_mode | 0o444)
+
+
+def make_shared_dirs(path: str | os.PathLike[str]) -> None:
+    """mkdir -p whose new folders every user may read and enter (not write)."""
+    target = Path(path)
+    missing = [p for p in (target, *target.parents) if not p.exists()]
+    target.mkdir(parents=True, exist_ok=True)
+    for folder in missing:
+        with contextlib.suppress(OSError):  # another user's job made it first: theirs to set
+            os.chmod(folder, os.stat(folder).st_mode | 0o555)

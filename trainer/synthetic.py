@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.files import atomic_path
+from trainer.files import atomic_path, make_shared_dirs, readable_by_all
 
 __all__ = [
     "CLASS_NAMES",
@@ -135,7 +135,7 @@ def generate_synthetic(
     final = root / BATCH_DIR
     if final.exists() and not force:
         return final
-    root.mkdir(parents=True, exist_ok=True)
+    make_shared_dirs(root)
     train_x, train_y = make_images(n_train, seed)
     test_x, test_y = make_images(n_val, seed + 1_000_003)
     # keep_existing: if another process (rank, job) renamed its copy into place first, keep it
@@ -145,6 +145,7 @@ def generate_synthetic(
             json.dumps({"train": n_train, "val": n_val, "seed": seed, "version": GENERATOR_VERSION})
             + "\n"
         )
+        readable_by_all(tmp)
         if force and final.exists():
             shutil.rmtree(final)
     return final

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One entrypoint for every container of the cluster; the first argument is the role:
 #   mariadb | slurmdbd | slurmctld | slurmd
+# or, on a running container, `users`: create the site's users that are new (the CLI runs it).
 # Mounted read-only from images/runtime/ (docker-compose.yml), like slurm/: not in the image.
 # What it needs per cluster comes from the environment the slurmlab CLI gives Compose.
 #
@@ -11,6 +12,9 @@ set -euo pipefail
 
 # slurmlab's slurm/ folder and this one, mounted read-only (docker-compose.yml).
 readonly CONFIG_SRC=/etc/slurmlab/slurm
+# What the CLI renders from the cluster's site description (slurmlab/site.py), mounted read-only:
+# slurm.conf (included by slurm/slurm.conf), users, features, profile.sh.
+readonly SITE_DIR=/etc/slurmlab/site
 readonly RUNTIME=/opt/slurmlab/runtime
 readonly SLURM_ETC=/etc/slurm
 readonly MUNGE_KEY=/etc/munge/munge.key
@@ -176,29 +180,77 @@ write_login_env() {
     } >/etc/profile.d/slurmlab.sh
 }
 
-# What slurmd gives a job for --export=NONE, --export=<list> and --get-user-env: the job user's
-# login environment, read from the cache file that GetEnvTimeout=0 selects (see slurm.conf).
-write_user_env_cache() {
-    local dir
-    dir="$(slurm_setting StateSaveLocation)/env_cache"
-    install -d -m 0755 "${dir}"
-    runuser -l "${JOB_USER}" -c /usr/bin/env >"${dir}/${JOB_USER}.new"
-    mv "${dir}/${JOB_USER}.new" "${dir}/${JOB_USER}"
+# The site's other users (site/users: "name uid" per line), the same uid on every container, each
+# with a private home on the shared /home volume. The job user is not listed: it takes the
+# project owner's uid (adopt_project_owner).
+site_users() { [[ -f ${SITE_DIR}/users ]] && cat "${SITE_DIR}/users"; return 0; }
+
+create_site_users() {
+    local name uid holder
+    while read -r name uid; do
+        [[ -n ${name} ]] || continue
+        holder=$(getent passwd "${uid}" | cut -d: -f1 || true)
+        if [[ -n ${holder} && ${holder} != "${name}" ]]; then
+            log "warning: uid ${uid} of site user ${name} is ${holder}'s here: ${name} is not created"
+            continue
+        fi
+        if ! getent group "${name}" >/dev/null; then groupadd -g "${uid}" "${name}"; fi
+        if ! getent passwd "${name}" >/dev/null; then
+            useradd -M -u "${uid}" -g "${name}" -d "/home/${name}" -s /bin/bash "${name}"
+        fi
+        # Several containers may reach this at once on the shared /home: mkdir is the arbiter.
+        if mkdir -m 0700 "/home/${name}" 2>/dev/null; then
+            cp -rT /etc/skel "/home/${name}"
+            chown -R "${name}:${name}" "/home/${name}"
+        fi
+    done < <(site_users)
 }
 
+# Every user's login shell sources the site's profile (its umask: private run directories and
+# logs), which sbatch passes to jobs (SLURM_UMASK). A link, so a changed site applies to the next
+# login without restarting anything.
+link_site_profile() {
+    ln -sfn "${SITE_DIR}/profile.sh" /etc/profile.d/slurmlab-site.sh
+}
+
+# What slurmd gives a job for --export=NONE, --export=<list> and --get-user-env: the user's
+# login environment, read from the cache file that GetEnvTimeout=0 selects (see slurm.conf), one
+# per user who may run jobs.
+write_user_env_cache() {
+    local dir user
+    dir="$(slurm_setting StateSaveLocation)/env_cache"
+    install -d -m 0755 "${dir}"
+    for user in "${JOB_USER}" $(site_users | cut -d' ' -f1); do
+        getent passwd "${user}" >/dev/null || continue
+        runuser -l "${user}" -c /usr/bin/env >"${dir}/${user}.new"
+        mv "${dir}/${user}.new" "${dir}/${user}"
+    done
+}
+
+# The shared filesystem's common folders, as a site's scratch: every user creates what they need
+# there, and only its owner may remove it (the sticky bit, as /tmp).
 prepare_shared() {
     local shared=${SLURMLAB_SHARED:?set in .env} sub
-    install -d -o "${JOB_USER}" -g "${JOB_USER}" -m 0755 "${shared}"
+    install -d -m 1777 "${shared}"
     for sub in data runs logs submitit; do
-        install -d -o "${JOB_USER}" -g "${JOB_USER}" -m 0755 "${shared}/${sub}"
+        install -d -m 1777 "${shared}/${sub}"
     done
+}
+
+# `entrypoint.sh users` on a running container (the CLI, after the site's users changed): the
+# users, and on a node their job environment.
+sync_users() {
+    create_site_users
+    if [[ -d /var/spool/slurmd ]]; then write_user_env_cache; fi
 }
 
 run_slurmctld() {
     start_munge
     link_slurm_config
     adopt_project_owner
+    create_site_users
     write_login_env
+    link_site_profile
     prepare_shared
     install -d -o slurm -g slurm -m 0700 /var/spool/slurmctld
     chown -R slurm:slurm /var/spool/slurmctld
@@ -240,17 +292,22 @@ write_gres_conf() {
     } >"${SLURM_ETC}/gres.conf"
 }
 
-# Nodes are dynamic (slurmd -Z): each registers itself with the controller, which adds it to every
-# partition (Nodes=ALL in slurm.conf). So the node count lives only in how many node containers
-# run (`make up NODES=N`, `make scale NODES=M`), never in slurm.conf, and nodes come and go without
-# a controller restart. What a node offers is fixed here: per GPU, two CPUs and 2 GiB, whatever the
-# host has (SlurmdParameters=config_overrides lets 8 GPUs' worth of CPUs run on a 2-core host: the
-# nodes share the host's cores anyway). Each registration records the node's current address, so
-# a node that comes back on another Docker address is reached there.
+# Nodes are dynamic (slurmd -Z): each registers itself with the controller, which adds it to the
+# site's partitions (Nodes=ALL, or a NodeSet of the nodes with a partition's feature). So the node
+# count lives only in how many node containers run (`make up NODES=N`, `make scale NODES=M`),
+# never in slurm.conf, and nodes come and go without a controller restart. What a node offers is
+# the site's, per GPU (SLURMLAB_CPUS_PER_GPU, SLURMLAB_MEMORY_PER_GPU_MB from the CLI), whatever
+# the host has (SlurmdParameters=config_overrides lets 8 GPUs' worth of CPUs run on a 2-core
+# host: the nodes share the host's cores anyway); its features are the partitions that hold only
+# some nodes (site/features). Each registration records the node's current address, so a node
+# that comes back on another Docker address is reached there.
 node_definition() {
-    local gpus
+    local gpus cpus memory features
     gpus=$(gpus_per_node)
-    echo "CPUs=$(( 2 * gpus )) RealMemory=$(( 2048 * gpus )) Gres=gpu:${gpus}"
+    cpus=$(( ${SLURMLAB_CPUS_PER_GPU:?run through slurmlab} * gpus ))
+    memory=$(( ${SLURMLAB_MEMORY_PER_GPU_MB:?run through slurmlab} * gpus ))
+    features=$(awk -v node="$(hostname)" '$1 == node && $2 != "-" { print $2 }' "${SITE_DIR}/features" 2>/dev/null || true)
+    echo "CPUs=${cpus} RealMemory=${memory} Gres=gpu:${gpus}${features:+ Features=${features}}"
 }
 
 # Slurm keeps dynamic nodes in the order they first registered (a new node takes the lowest free
@@ -361,7 +418,9 @@ run_slurmd() {
     start_munge
     link_slurm_config
     adopt_project_owner
+    create_site_users
     write_login_env
+    link_site_profile
     write_user_env_cache
     write_gres_conf
     install -d -m 0755 /var/spool/slurmd
@@ -375,6 +434,7 @@ case ${1:-} in
     slurmdbd) run_slurmdbd ;;
     slurmctld) run_slurmctld ;;
     slurmd) run_slurmd ;;
+    users) sync_users ;;
     "") die "no role given: expected one of mariadb, slurmdbd, slurmctld, slurmd" ;;
     *) exec "$@" ;;
 esac

@@ -41,7 +41,9 @@ MOUNT = facts.CHECKOUT_MOUNT  # where the checkout is on every container
 SHARED = facts.shared_root()  # the cluster's shared filesystem, as jobs see it
 # An ordinary user's uid that the image does not know: the checkout's owner in a user's clone.
 CHECKOUT_UID = 1234
-DEFAULT_SHAPE = ("NODES=4", "GPUS_PER_NODE=1", "GPUS=0")
+# The default shape, under slurmlab's default site (a test that gave the cluster another site
+# puts it back; an interrupted one is put back here).
+DEFAULT_SHAPE = ("NODES=4", "GPUS_PER_NODE=1", "GPUS=0", "SITE=default")
 NODES = [facts.node_name(k) for k in range(1, 5)]
 
 
@@ -179,13 +181,14 @@ class Cluster:
         timeout: float = 300,
         stdin: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run a bash script as `make shell` does: a login shell as the job user, in the
-        checkout, on the login node (`slurmlab exec`). On another container, or as another
-        user, it runs there through `docker exec` in a login shell, in the checkout where that
-        container mounts it."""
-        if service == facts.LOGIN_SERVICE and user == JOB_USER:
+        """Run a bash script as `make shell` does: a login shell as the job user (or another
+        user of the site: `make shell AS=alice`), in the checkout, on the login node
+        (`slurmlab exec`). On another container, or as root, it runs there through
+        `docker exec` in a login shell, in the checkout where that container mounts it."""
+        if service == facts.LOGIN_SERVICE and user not in (None, "root"):
+            as_user = [] if user == JOB_USER else ["--user", user]
             proc = slurmlab(
-                "exec", "--", "bash", "-c", script,
+                "exec", *as_user, "--", "bash", "-c", script,
                 checkout=self.checkout, project=self.project, timeout=timeout, stdin=stdin,
             )  # fmt: skip
         else:

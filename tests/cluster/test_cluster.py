@@ -83,7 +83,9 @@ def test_failing_job_is_failed_in_accounting_with_its_exit_code(cluster: Cluster
     [
         ("-N1 --gres=gpu:2", "Requested node configuration is not available"),
         ("-N1 --gpus-per-node=2", "Requested node configuration is not available"),
-        ("-N5 --gpus-per-node=1", "Requested node configuration is not available"),
+        # More nodes than the partition has: with EnforcePartLimits (the default site's, as
+        # sites set it) Slurm says so in these words.
+        ("-N5 --gpus-per-node=1", "Node count specification invalid"),
     ],
 )
 def test_impossible_gpu_request_is_rejected_with_a_reason(

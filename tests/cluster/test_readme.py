@@ -53,7 +53,8 @@ def readme_blocks() -> list[tuple[str, list[str]]]:
 
 def run_block(cluster: Cluster, commands: list[str]) -> list[Ran]:
     """Run the commands as one script in one login shell, framing each one's output."""
-    script = "\n".join(
+    # stderr too, as the user's terminal shows it: a refusal is a command's output
+    script = "exec 2>&1\n" + "\n".join(
         f"printf '\\n@@begin {i}\\n'\n{command}\nprintf '\\n@@end {i} %d %s\\n' $? \"${{job:-}}\""
         for i, command in enumerate(commands)
     )
@@ -168,6 +169,30 @@ def expect_sweep_table(session: Session, ran: Ran) -> None:
     assert states == ["COMPLETED"] * 2, states
 
 
+def expect_fair_share_table(session: Session, ran: Ran) -> None:
+    """sshare -a: both accounts of the default site and both its users, with their factors."""
+    assert ran.status == 0 and "FairShare" in ran.output, ran.output
+    for account, user in (("ml", "slurmlab"), ("research", "slurmlab"), ("research", "alice")):
+        assert re.search(rf"^\s+{account}\s+{user}\s+1\s", ran.output, re.M), ran.output
+
+
+def expect_associations(session: Session, ran: Ran) -> None:
+    assert ran.status == 0, ran.output
+    rows = {tuple(line.split()) for line in ran.output.splitlines()}
+    assert {("ml", "slurmlab", "debug,normal", "normal"),
+            ("research", "slurmlab", "debug,normal", "normal")} <= rows, ran.output  # fmt: skip
+
+
+def expect_refused(said: str) -> Expectation:
+    """sbatch refused at submit with Slurm's message, and nothing queued."""
+
+    def check(session: Session, ran: Ran) -> None:
+        assert ran.status != 0 and said in ran.output, ran.output
+        assert "Submitted batch job" not in ran.output
+
+    return check
+
+
 Expectation = Callable[[Session, Ran], None]
 EXPECTATIONS: list[tuple[str, Expectation]] = [
     (r"^sbatch (?!.*--wait)\S*.*jobs/train_ddp\.sbatch", expect_submitted),
@@ -181,7 +206,13 @@ EXPECTATIONS: list[tuple[str, Expectation]] = [
     (r"^ls \"\$SLURMLAB_SHARED/runs/\$job\"$", expect_run_files),
     (r"^python jobs/submit\.py --nodes 2 ", expect_submitit_ranks),
     (r"^python jobs/submit\.py .*--sweep ", expect_sweep_table),
-]
+    (r"^sshare -a$", expect_fair_share_table),
+    (r"^sacctmgr show assoc user=\$USER ", expect_associations),
+    (r"^sbatch --account=no_such_account ",
+     expect_refused("Invalid account or account/partition combination specified")),
+    (r"^sbatch --qos=debug --time=01:00:00 ", expect_refused("QOSMaxWallDurationPerJobLimit")),
+    (r"^sbatch --mem=64G ", expect_refused("Memory specification can not be satisfied")),
+]  # fmt: skip
 
 
 def expectation_for(command: str) -> Expectation:

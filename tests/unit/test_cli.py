@@ -12,6 +12,7 @@ import pytest
 from conftest import REPO
 
 from slurmlab import deps, docker, facts, images, resources, state
+from slurmlab import site as site_mod
 from slurmlab.cli import parser
 from slurmlab.cluster import Cluster, Target
 from slurmlab.config import ProjectConfig, ShapeRequest, Style, load_config, resolve_shape
@@ -19,6 +20,7 @@ from slurmlab.errors import SlurmlabError
 from slurmlab.project import check_mount, default_name, find_root, open_project
 
 CLI, MAKE = Style(make=False), Style(make=True)
+DEFAULT_SITE = site_mod.load(site_mod.default_site_path())
 
 
 def config_file(tmp_path: Path, text: str) -> Path:
@@ -400,7 +402,7 @@ def test_up_has_nothing_to_do_only_when_the_cluster_runs_exactly_its_target(
 ) -> None:
     cluster = Cluster(open_project(tmp_path), CLI)
     shape = resolve_shape(ShapeRequest(nodes="2"), ProjectConfig(), state.Recorded(), CLI, no_gpus)
-    target = Target(cluster, shape, "slurmlab-slurm:s", "slurmlab-deps:d")
+    target = Target(cluster, shape, "slurmlab-slurm:s", "slurmlab-deps:d", DEFAULT_SITE, "default")
     recorded = state.Recorded(compose_digest=target.digest())
     running = fake_containers(target)
     assert [c.image for c in running[:2]] == ["slurmlab-slurm:s"] * 2, "accounting: Slurm only"
@@ -412,5 +414,61 @@ def test_up_has_nothing_to_do_only_when_the_cluster_runs_exactly_its_target(
     assert not target.is_running(fake_containers(target, health="starting"), recorded)
     assert not target.is_running(fake_containers(target, image="slurmlab-deps:old"), recorded)
     assert not target.is_running(fake_containers(target, runtime="an-older-entrypoint"), recorded)
-    bigger = Target(cluster, dataclasses.replace(shape, nodes=3), target.slurm_image, target.image)
+    bigger = dataclasses.replace(target, shape=dataclasses.replace(shape, nodes=3))
     assert bigger.digest() != target.digest()
+    roomier = dataclasses.replace(
+        target, site=dataclasses.replace(DEFAULT_SITE, memory_per_gpu_mb=32768)
+    )
+    assert roomier.digest() != target.digest(), "what the nodes offer is part of how they start"
+    assert roomier.node.memory_mb == 32768 * shape.gpus_per_node
+
+
+# ---- the site a cluster takes ----------------------------------------------------------------
+
+
+def test_the_site_comes_from_the_flag_else_the_config_else_the_last_else_the_default(
+    tmp_path: Path,
+) -> None:
+    mine = tmp_path / "mysite.yaml"
+    mine.write_text(site_mod.default_site_path().read_text())
+    cluster = Cluster(open_project(tmp_path), CLI)
+    assert cluster.site_source() == ("default", "slurmlab's default site")
+    state.save(cluster.project.state_dir, state.Recorded(site=str(mine)))
+    assert cluster.site_source()[0] == str(mine), "the cluster keeps the site it was given"
+    config_file(tmp_path, "site: mysite.yaml\n")
+    cluster = Cluster(open_project(tmp_path), CLI)
+    assert cluster.site_source() == (
+        str(mine),
+        f"site: mysite.yaml in {tmp_path / 'slurmlab.yaml'}",
+    )
+    assert cluster.site_source("default")[0] == "default", "the flag wins"
+
+
+def test_a_missing_site_file_is_refused_with_the_fix(tmp_path: Path) -> None:
+    cluster = Cluster(open_project(tmp_path), MAKE)
+    with pytest.raises(SlurmlabError, match=r"SITE=nope.yaml: no such file\..*SITE=default"):
+        cluster.site("nope.yaml")
+
+
+def test_only_the_sites_users_may_log_in(tmp_path: Path) -> None:
+    cluster = Cluster(open_project(tmp_path), MAKE)
+    assert cluster.login_user(None) == facts.JOB_USER
+    assert cluster.login_user("alice") == "alice"
+    with pytest.raises(
+        SlurmlabError, match=r"AS=bob: the cluster's site \(default\) has no user bob"
+    ):
+        cluster.login_user("bob")
+
+
+def test_up_takes_a_site_and_shell_and_exec_take_a_user() -> None:
+    args = parser().parse_args(["up", "--site", "site.yaml"])
+    assert args.site == "site.yaml"
+    assert parser().parse_args(["shell", "--user", "alice"]).user == "alice"
+    assert parser().parse_args(["exec", "--user", "alice", "--", "id"]).argv == ["--", "id"]
+    imported = parser().parse_args(["site", "import", "dir", "-o", "site.yaml"])
+    assert (imported.folder, imported.output) == (Path("dir"), Path("site.yaml"))
+
+
+def test_the_default_site_is_applied_live_so_it_is_not_part_of_the_runtime(tmp_path: Path) -> None:
+    assert "slurm/site.yaml" in resources.NOT_RUNTIME
+    assert (resources.cluster_dir() / "slurm" / "site.yaml").is_file()

@@ -53,6 +53,7 @@ def test_golden_ddp_script_asks_for_what_the_trainer_needs() -> None:
         "#SBATCH --nodes=4",
         "#SBATCH --ntasks-per-node=1",
         "#SBATCH --gpus-per-node=1",
+        "#SBATCH --mem-per-gpu=8G",
         "#SBATCH --signal=USR2@120",
         "#SBATCH --requeue",
         "#SBATCH --time=120",
