@@ -766,7 +766,12 @@ class Cluster:
         print(
             f"   shared files:  {project.shared_host_dir} (on the cluster at {facts.shared_root()})"
         )
-        print(f"   login shell:   {self.style.shell}")
+        site = self.recorded().site or site_mod.DEFAULT_SITE
+        said = (
+            f"{site_mod.default_site_path()} (slurmlab's default)" if site == DEFAULT_SITE else site
+        )
+        print(f"   site:          {said}")
+        print(f"   login shell:   {self.style.shell} (another user: {self.style.user('NAME')})")
 
 
 @dataclass

@@ -173,10 +173,14 @@ write_login_env() {
         echo "# Written by the slurmlab entrypoint: the container's environment for login shells."
         while IFS= read -r name; do
             case ${name} in
-                HOME | HOSTNAME | PWD | OLDPWD | SHLVL | TERM | _) ;;
+                HOME | HOSTNAME | PWD | OLDPWD | SHLVL | TERM | USER | LOGNAME | _) ;;
                 *) printf 'export %s=%q\n' "${name}" "${!name}" ;;
             esac
         done < <(compgen -e)
+        # Who logged in, as login(1) and sshd say it: `docker exec -u NAME` sets neither, and
+        # users type `squeue -u $USER`, `sacctmgr show assoc user=$USER`.
+        # shellcheck disable=SC2016  # expanded by each login shell, not here
+        echo 'export USER="${USER:-$(id -un)}" LOGNAME="${LOGNAME:-$(id -un)}"'
     } >/etc/profile.d/slurmlab.sh
 }
 

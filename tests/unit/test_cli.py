@@ -472,3 +472,27 @@ def test_up_takes_a_site_and_shell_and_exec_take_a_user() -> None:
 def test_the_default_site_is_applied_live_so_it_is_not_part_of_the_runtime(tmp_path: Path) -> None:
     assert "slurm/site.yaml" in resources.NOT_RUNTIME
     assert (resources.cluster_dir() / "slurm" / "site.yaml").is_file()
+
+
+def test_a_controller_started_by_another_slurmlab_is_asked_with_a_minimal_client_config(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its mounted slurm/ may include files it was not given (a site's part): Slurm's clients
+    would fail for a minute. The minimal configuration only says where the controller is."""
+    from slurmlab import slurm
+
+    seen: list[list[str]] = []
+
+    def fake_run(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        seen.append(list(args))
+        return subprocess.CompletedProcess(args, 0, "", "")
+
+    monkeypatch.setattr(docker, "run", fake_run)
+    login = docker.Container("id-login", "c", "slurmctld", True, "healthy", "img", "")
+    slurm.Controller(login).minimal_client().run("squeue", "-h")
+    command = seen[0][seen[0].index("id-login") + 1 :]
+    assert command[:2] == ["sh", "-c"] and command[-2:] == ["squeue", "-h"]
+    assert f"SLURM_CONF={slurm.MINIMAL_CLIENT_PATH}" in command[2]
+    assert "SlurmctldHost=slurmctld" in slurm.MINIMAL_CLIENT_CONF
+    slurm.Controller(login).run("squeue", "-h")
+    assert seen[1][-2:] == ["squeue", "-h"] and "sh" not in seen[1], "the mounted config by default"
