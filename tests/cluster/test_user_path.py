@@ -76,7 +76,7 @@ def test_root_owned_checkout_refuses_output_into_it_before_submitting(
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         refused = root.run("sbatch --wrap 'echo hi'", check=False)
         assert refused.returncode != 0
-        assert f"{MOUNT}, which you cannot write" in refused.stderr, refused.stderr
+        assert f"{MOUNT}, which {JOB_USER} cannot write" in refused.stderr, refused.stderr
         assert "--output=" in refused.stderr and "clone the project" in refused.stderr
         assert root.login("sacct -X -n -P -o JobID -S now-1hours").strip() == "", "nothing queued"
         # The fix it names works.
