@@ -26,9 +26,10 @@ SHAPE := $(if $(call given,NODES),--nodes '$(NODES)') \
   $(if $(call given,GPUS),--gpu-mode $(if $(filter 1,$(GPUS)),nvidia,emulated))
 # The site's rules (SITE=FILE, or SITE=default for slurm/site.yaml): kept until given again.
 SITE_ARG := $(if $(call given,SITE),--site '$(SITE)')
-# Another user of the site for shell/exec (AS=alice); USER is the environment's.
-AS ?=
-AS_ARG := $(if $(AS),--user '$(AS)')
+# Another user of the site for shell/exec (AS=alice); USER is the environment's. AS is also
+# make's own name for the assembler (default "as", or a toolchain's from the environment), so
+# only an AS on make's command line counts.
+AS_ARG := $(if $(call given,AS),--user '$(AS)')
 
 PYTEST_ARGS ?=
 JOB ?= jobs/train_ddp.sbatch

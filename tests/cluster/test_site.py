@@ -158,10 +158,10 @@ def test_users_cannot_touch_each_others_jobs_or_read_their_files(cluster: Cluste
     ]
 
 
-def make_shell(user: str, typed: str) -> subprocess.CompletedProcess[str]:
-    """`make shell AS=user` with `typed` on its standard input (make's own chatter off: the
+def make_shell(user: str | None, typed: str) -> subprocess.CompletedProcess[str]:
+    """`make shell [AS=user]` with `typed` on its standard input (make's own chatter off: the
     suite may run under make, which would announce the directory)."""
-    command = ["make", "-s", "--no-print-directory", "shell", f"AS={user}"]
+    command = ["make", "-s", "--no-print-directory", "shell", *([f"AS={user}"] if user else [])]
     return subprocess.run(
         [*command, f"COMPOSE_PROJECT_NAME={PROJECT}"],
         cwd=CHECKOUT, input=typed, text=True, capture_output=True, timeout=120,
@@ -169,6 +169,8 @@ def make_shell(user: str, typed: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_make_shell_as_another_user_logs_in_as_that_user() -> None:
+    # AS is also make's name for the assembler: without AS=, the job user, whatever make says
+    assert make_shell(None, "id -un\n").stdout.split() == [JOB_USER]
     proc = make_shell("alice", "id -un; sacctmgr -n -P show assoc user=alice format=Account\n")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["alice", "research"]
