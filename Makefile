@@ -79,6 +79,10 @@ logs: $(CLI_DEPS) ## Follow a job's rank-0 output (JOB=<id>), or the daemons' lo
 shell: $(CLI_DEPS) ## Open a shell on the login node as the job user (AS=alice: as another user of the site)
 	@$(SLURMLAB) shell $(CLUSTER) $(AS_ARG)
 
+.PHONY: token
+token: $(CLI_DEPS) ## REST API token and address as shell lines: eval "$$(make -s token)" (AS=alice, LIFESPAN=3600)
+	@$(SLURMLAB) token $(CLUSTER) $(AS_ARG) $(if $(LIFESPAN),--lifespan '$(LIFESPAN)')
+
 .PHONY: site-check
 site-check: $(CLI_DEPS) ## Check a site description (SITE=FILE, default: the cluster's) and show what up would change
 	@$(SLURMLAB) site check $(CLUSTER) $(SITE_ARG)

@@ -1,6 +1,7 @@
 """``make bench-cluster``: latencies of a throwaway cluster (Compose project slurmlab-bench),
 driven the user's way: make up / scale / down / clean, the slurmlab CLI for a project of one's
-own, jobs on the login node as the job user (timed there by bench/job_probe.py)."""
+own, jobs on the login node as the job user (timed there by bench/job_probe.py), and a
+submission storm over the REST API and sbatch together (bench/rest_storm.py)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,13 @@ import uuid
 from pathlib import Path
 
 from bench.job_probe import REPO, sh
+from bench.rest_storm import Storm, report
+from jobs.rest_submit import Client
 
 PROJECT, ENV = "slurmlab-bench", {**os.environ, "PYTHONPATH": str(REPO)}  # this checkout's CLI
 CONFIG = "jobs/configs/simple_cnn_synthetic.yaml"
 TRAINING = ["training", CONFIG, "epochs=1", "max_steps_per_epoch=3", "plot=false"]
+STORM_JOBS, STORM_CLIENTS = 200, 8  # half over REST, half through sbatch; clients of each
 TARGETS = {"up_ready_s": 20.0, "submit_to_training_s": 15.0, "requeue_running_s": 15.0}
 ROWS = {  # key -> label, in print order; indented rows break down the row above them
     "up_ready_s": "make up -> all nodes idle (clean)",
@@ -53,6 +57,12 @@ ROWS = {  # key -> label, in print order; indented rows break down the row above
     "project_up_new_deps_s": "  new deps (Slurm image built)",
     "project_up_cached_s": "  deps built before (clean volumes)",
     "project_up_again_s": "  on the running cluster (no change)",
+    "storm_rest_jobs_per_s": f"{STORM_JOBS}-job storm: REST submits/s",
+    "storm_sbatch_jobs_per_s": "  sbatch submits/s (login shells)",
+    "storm_drain_s": "  first submit -> every job done",
+    "storm_records_s": "  first submit -> every sacct record",
+    "storm_ctld_rss_before_mib": "  slurmctld memory before (MiB)",
+    "storm_ctld_rss_peak_mib": "  slurmctld memory, peak (MiB)",
     "imports_wall_s": "import torch+_dynamo, all nodes",
     "import_torch_s": "  import torch (slowest rank)",
     "import_torch_dynamo_s": "  import torch._dynamo (slowest)",
@@ -107,6 +117,32 @@ def probe(*args: str) -> dict[str, float]:
     """bench/job_probe.py on the login node, as the job user."""
     command = ["exec", "--name", PROJECT, "--", "python", "-m", "bench.job_probe", *args]
     return json.loads(slurmlab(*command))
+
+
+def storm() -> dict[str, float]:
+    """STORM_JOBS jobs at once, over the REST API (a token from make token) and through sbatch
+    in login shells (slurmlab exec), STORM_CLIENTS concurrent clients of each; every job must end
+    COMPLETED with its record in sacct."""
+    lines = sh("make", "-s", "token", f"COMPOSE_PROJECT_NAME={PROJECT}", env=ENV).splitlines()
+    token = dict(line.removeprefix("export ").split("=", 1) for line in lines)
+    client = Client(token["SLURMLAB_REST"], token["SLURM_JWT"])
+    controller = sh("docker", "ps", "-qf", f"name={PROJECT}.slurmctld").strip()
+
+    def rss() -> float:
+        try:  # ps exits 1 when no process has the name
+            kib = sh("docker", "exec", controller, "ps", "-o", "rss=", "-C", "slurmctld")
+        except RuntimeError as err:
+            raise ValueError("slurmctld is not running") from err
+        return int(kib.split()[0]) / 1024
+
+    def login(script: str) -> str:
+        return slurmlab("exec", "--name", PROJECT, "--", "bash", "-c", script)
+
+    result = Storm(client, login, rss).run(STORM_JOBS, STORM_CLIENTS, timeout_s=900)
+    lost = [job for job, state in result.final.items() if state != "COMPLETED"]
+    if lost or result.queued_names != STORM_JOBS:
+        raise RuntimeError(f"storm: {result.queued_names} jobs accounted, not COMPLETED: {lost}")
+    return report(result)
 
 
 def growth_curve() -> dict[str, float]:
@@ -169,6 +205,7 @@ def main() -> int:
             measured.append(probe("memory", "100", "400"))
             with tempfile.TemporaryDirectory(prefix="slurmlab-bench-site-") as folder:
                 measured.append(site_changes(Path(folder)))
+            measured.append(storm())
         make("down")
         measured.append({"restart_ready_s": make("up")})
         make("clean")
@@ -181,7 +218,8 @@ def main() -> int:
     results = {key: [m[key] for m in measured if key in m] for key in ROWS}
     print(f"{'cluster latency':<36} {'median':>8} {'min':>8} {'max':>8}   target")
     for key, label in ROWS.items():
-        values, unit, target = results[key], "M" if key.endswith("_mib") else "s", TARGETS.get(key)
+        values, target = results[key], TARGETS.get(key)
+        unit = "M" if key.endswith("_mib") else " " if key.endswith("_per_s") else "s"
         if not values:
             print(f"{label:<36} {'(not measured)':>8}")
             continue

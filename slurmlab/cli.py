@@ -3,6 +3,7 @@
     slurmlab up [--nodes N] [--gpus-per-node G] [--gpu-mode emulated|nvidia]
     slurmlab exec -- sbatch --wait jobs/train.sbatch     # on the login node, as the job user
     slurmlab shell [--user NAME] | status | logs [JOB] | scale --nodes M | down | clean
+    slurmlab token [--user NAME] [--lifespan S]          # for the REST API (slurmrestd)
     slurmlab up --site FILE                               # the site's rules (slurmlab.site)
     slurmlab site check [--site FILE] | site import DIR [-o FILE]
     slurmlab build | config | env | list
@@ -116,6 +117,17 @@ def parser() -> argparse.ArgumentParser:
         user_option,
     )
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
+    token = command(
+        "token",
+        "shell lines with a REST API token for a user of the site and the API's address: "
+        'eval "$(slurmlab token)"',
+    )
+    token.add_argument(
+        "--user",
+        metavar="NAME",
+        help=f"the user the token acts as (default: {facts.JOB_USER}, the job user)",
+    )
+    token.add_argument("--lifespan", metavar="S", help="seconds until it expires (default: 1800)")
     logs = command("logs", "follow a job's output, or the cluster daemons' logs")
     logs.add_argument("job", nargs="?", help="a job id (default: the daemons' logs)")
     logs.add_argument(
@@ -194,6 +206,8 @@ def run(args: argparse.Namespace, style: Style) -> int:
             return cluster.exec(argv, Path.cwd(), args.user)
         case "site":
             return cluster.check_site(args.site)
+        case "token":
+            return cluster.token(args.user, args.lifespan)
         case "logs":
             return cluster.logs(args.job, follow=args.follow)
         case "build":

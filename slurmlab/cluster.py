@@ -29,6 +29,7 @@ from slurmlab.site import DEFAULT_SITE, Site
 from slurmlab.slurm import Controller, Node
 
 READY_TIMEOUT_S = 180
+DEFAULT_TOKEN_LIFESPAN_S = 1800  # scontrol token's own default
 # Compose reads these from the CLI's environment (docker-compose.yml); `slurmlab env` prints them.
 COMPOSE_VARIABLES = (
     "COMPOSE_PROJECT_NAME",
@@ -46,7 +47,11 @@ COMPOSE_VARIABLES = (
     "SLURMLAB_RUNTIME_DIGEST",
     "SLURMLAB_CPUS_PER_GPU",
     "SLURMLAB_MEMORY_PER_GPU_MB",
+    "SLURMLAB_REST_PORT",
+    "SLURMLAB_REST_API",
 )
+# How far past SLURMLAB_REST_PORT (.env) `up` looks for a free port for a new cluster's REST API.
+REST_PORTS_TRIED = 100
 
 
 @dataclass
@@ -151,6 +156,7 @@ class Cluster:
         slurm_image: str,
         image: str,
         node_offer: tuple[int, int],
+        rest_port: int,
         override: Path | None = None,
     ) -> dict[str, str]:
         """The environment Compose runs this cluster with."""
@@ -177,6 +183,8 @@ class Cluster:
             "SLURMLAB_RUNTIME_DIGEST": resources.runtime_digest(),
             "SLURMLAB_CPUS_PER_GPU": str(node_offer[0]),
             "SLURMLAB_MEMORY_PER_GPU_MB": str(node_offer[1]),
+            "SLURMLAB_REST_PORT": str(rest_port),
+            "SLURMLAB_REST_API": facts.REST_API_VERSION,
         }
 
     def current_env(self) -> dict[str, str]:
@@ -187,8 +195,31 @@ class Cluster:
             planned = images.cluster_images(self.stack, None)
             slurm_image, image = planned.slurm_tag, planned.cluster_tag
         return self.compose_env(
-            self.current_shape(), slurm_image, image, self.recorded_node_offer()
+            self.current_shape(),
+            slurm_image,
+            image,
+            self.recorded_node_offer(),
+            recorded.rest_port or int(facts.setting("SLURMLAB_REST_PORT")),
         )
+
+    def rest_port(self) -> int:
+        """The REST API's port on the host: the one the cluster has, else the first free one
+        from SLURMLAB_REST_PORT (.env), so that clusters side by side do not clash."""
+        recorded = self.recorded().rest_port
+        if recorded and (self.service(facts.REST_SERVICE) or docker.port_is_free(recorded)):
+            return recorded
+        first = int(facts.setting("SLURMLAB_REST_PORT"))
+        taken = docker.published_ports()
+        for port in range(first, first + REST_PORTS_TRIED):
+            if port not in taken and docker.port_is_free(port):
+                return port
+        raise SlurmlabError(
+            f"no free port for the REST API on 127.0.0.1 in {first}-{first + REST_PORTS_TRIED - 1}"
+            ": free one, or set SLURMLAB_REST_PORT (.env, or the environment) to another range"
+        )
+
+    def rest_url(self) -> str:
+        return f"http://127.0.0.1:{self.current_env()['SLURMLAB_REST_PORT']}"
 
     def containers(self) -> list[docker.Container]:
         return docker.containers(self.name)
@@ -233,7 +264,9 @@ class Cluster:
         planned = self.planned_images()  # a missing or unusable requirements file: refused here
         found = self.containers()
         self.check_name_is_ours(found)
-        wanted = Target(self, shape, planned.slurm_tag, planned.cluster_tag, site, source)
+        wanted = Target(
+            self, shape, planned.slurm_tag, planned.cluster_tag, site, source, self.rest_port()
+        )
         recorded = self.recorded()
         if wanted.is_running(found, recorded):
             if wanted.site_is_applied(recorded):
@@ -260,7 +293,13 @@ class Cluster:
         env = self.current_env()
         site, source = self.site()
         wanted = Target(
-            self, shape, env["SLURMLAB_SLURM_IMAGE"], env["SLURMLAB_IMAGE"], site, source
+            self,
+            shape,
+            env["SLURMLAB_SLURM_IMAGE"],
+            env["SLURMLAB_IMAGE"],
+            site,
+            source,
+            int(env["SLURMLAB_REST_PORT"]),
         )
         found = self.containers()
         if wanted.is_running(found, recorded):
@@ -334,6 +373,7 @@ class Cluster:
                 site_digest=wanted.site_digest() if site_applied else recorded.site_digest,
                 cpus_per_gpu=wanted.site.cpus_per_gpu,
                 memory_per_gpu_mb=wanted.site.memory_per_gpu_mb,
+                rest_port=wanted.rest_port,
             ),
         )
 
@@ -581,7 +621,9 @@ class Cluster:
         shape = self.shape(request)
         planned = self.planned_images()
         site, source = self.site()
-        wanted = Target(self, shape, planned.slurm_tag, planned.cluster_tag, site, source)
+        wanted = Target(
+            self, shape, planned.slurm_tag, planned.cluster_tag, site, source, self.rest_port()
+        )
         override = wanted.override()
         with tempfile.TemporaryDirectory(prefix="slurmlab-config-") as folder:
             path = None
@@ -673,6 +715,29 @@ class Cluster:
         )
         args.insert(2, "-it" if tty else "-i")
         return docker.run(args, **kwargs).returncode
+
+    def token(self, user: str | None, lifespan: str | None) -> int:
+        """`slurmlab token`: shell lines that give a REST API caller a token for one user of the
+        site (scontrol token, as the controller's root) and the API's address."""
+        name = self.login_user(user)
+        seconds = lifespan or str(DEFAULT_TOKEN_LIFESPAN_S)
+        if not seconds.isdigit() or int(seconds) < 1:
+            raise SlurmlabError(
+                f"{self.style.lifespan(seconds)}: a token's lifespan is a whole number of seconds, "
+                f"1 or more (e.g. {self.style.lifespan(3600)})"
+            )
+        if self.service(facts.REST_SERVICE) is None:
+            self.login_node()  # no cluster at all: say so
+            raise SlurmlabError(
+                f"the REST API ({facts.REST_SERVICE}) of cluster {self.name} is not running: start "
+                f"it with {self.style.up}",
+                exit_code=1,
+            )
+        said = self.controller().run("scontrol", "token", f"username={name}", f"lifespan={seconds}")
+        token = said.strip().removeprefix("SLURM_JWT=")
+        print(f"export SLURM_JWT={shlex.quote(token)}")
+        print(f"export SLURMLAB_REST={shlex.quote(self.rest_url())}")
+        return 0
 
     def logs(self, job: str | None, follow: bool = True) -> int:
         controller = self.controller()
@@ -772,6 +837,7 @@ class Cluster:
         )
         print(f"   site:          {said}")
         print(f"   login shell:   {self.style.shell} (another user: {self.style.user('NAME')})")
+        print(f"   REST API:      {self.rest_url()} (a token: {self.style.token})")
 
 
 @dataclass
@@ -784,6 +850,7 @@ class Target:
     image: str
     site: Site
     site_source: str  # "default" or the site file's path
+    rest_port: int  # the REST API's on the host's 127.0.0.1
 
     @property
     def node(self) -> Node:
@@ -814,10 +881,10 @@ class Target:
 
     @property
     def services(self) -> list[str]:
-        return [*facts.CONTROLLER_TIER, *self.nodes]
+        return [*facts.CONTROLLER_TIER, facts.REST_SERVICE, *self.nodes]
 
     def image_of(self, service: str) -> str:
-        return self.slurm_image if service in facts.ACCOUNTING_TIER else self.image
+        return self.slurm_image if service in facts.SLURM_IMAGE_SERVICES else self.image
 
     def override(self) -> dict[str, object] | None:
         """Real GPUs: node k gets host GPUs (k-1)*G .. k*G-1, each node its own."""
@@ -839,7 +906,9 @@ class Target:
 
     def env(self, override: Path | None = None) -> dict[str, str]:
         offer = (self.site.cpus_per_gpu, self.site.memory_per_gpu_mb)
-        return self.cluster.compose_env(self.shape, self.slurm_image, self.image, offer, override)
+        return self.cluster.compose_env(
+            self.shape, self.slurm_image, self.image, offer, self.rest_port, override
+        )
 
     def digest(self) -> str:
         """Of everything Compose is started with: its files and the settings it reads."""

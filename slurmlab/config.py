@@ -160,6 +160,13 @@ class Style:
     def shell(self) -> str:
         return "make shell" if self.make else "slurmlab shell"
 
+    @property
+    def token(self) -> str:
+        return "make token" if self.make else "slurmlab token"
+
+    def lifespan(self, value: object) -> str:
+        return f"LIFESPAN={value}" if self.make else f"--lifespan {value}"
+
     def logs(self, job: str) -> str:
         return f"make logs JOB={job}" if self.make else f"slurmlab logs {job}"
 

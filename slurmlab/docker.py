@@ -8,8 +8,10 @@ Compose v1 takes most of a second to start.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
+import socket
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -154,3 +156,19 @@ def image_exists(tag: str) -> bool:
 
 def image_size_bytes(tag: str) -> int:
     return int(output(["docker", "image", "inspect", "-f", "{{.Size}}", tag]).strip())
+
+
+def published_ports() -> set[int]:
+    """The host ports that running containers publish (any address)."""
+    rows = output(["docker", "ps", "--format", "{{.Ports}}"], "listing published ports (docker ps)")
+    return {int(port) for port in re.findall(r":(\d+)->", rows)}
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Nothing on this machine listens on host:port now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True

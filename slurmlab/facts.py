@@ -26,6 +26,16 @@ GPU_MODES = ("emulated", "nvidia")
 CONTROLLER_TIER = ("mariadb", "slurmdbd", "slurmctld")
 ACCOUNTING_TIER = ("mariadb", "slurmdbd")  # they never mount the project
 LOGIN_SERVICE = "slurmctld"  # the controller is also the login and submit host
+# The REST API (slurmrestd): started after the controller, on the Slurm image like the
+# accounting tier, published on the host's 127.0.0.1 only (docker-compose.yml).
+REST_SERVICE = "slurmrestd"
+SLURM_IMAGE_SERVICES = (*ACCOUNTING_TIER, REST_SERVICE)  # never a project's Python
+# The port slurmrestd listens on inside the cluster network; the host's is chosen per cluster
+# (SLURMLAB_REST_PORT in .env: the first free one from there).
+REST_CONTAINER_PORT = 6820
+# The data parser slurmrestd serves (Slurm 24.11's newest): its endpoints are
+# /slurm/<version>/... and /slurmdb/<version>/...
+REST_API_VERSION = "v0.0.42"
 NODE_SERVICE = re.compile(r"^node(\d+)$")
 # The image's unprivileged job user (a build argument of images/Dockerfile).
 JOB_USER = "slurmlab"

@@ -32,6 +32,7 @@ class Recorded:
     # What each node offers per GPU (the site's nodes:), as its slurmd registered it.
     cpus_per_gpu: int | None = None
     memory_per_gpu_mb: int | None = None
+    rest_port: int | None = None  # the REST API's port on the host's 127.0.0.1
 
 
 def load(state_dir: Path) -> Recorded:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One entrypoint for every container of the cluster; the first argument is the role:
-#   mariadb | slurmdbd | slurmctld | slurmd
+#   mariadb | slurmdbd | slurmctld | slurmd | slurmrestd
 # or, on a running container, `users`: create the site's users that are new (the CLI runs it).
 # Mounted read-only from images/runtime/ (docker-compose.yml), like slurm/: not in the image.
 # What it needs per cluster comes from the environment the slurmlab CLI gives Compose.
@@ -8,6 +8,7 @@
 # Per-cluster secrets are created here on first start, into volumes, never into the image:
 #   /etc/munge/munge.key          (volume "munge",     0400 munge)  every Slurm container
 #   /run/slurmlab/db/password     (volume "db-secret", 0400 root)   mariadb and slurmdbd only
+#   /etc/slurmlab/jwt/jwt_hs256.key (volume "jwt",     0400 slurm)  slurmdbd and slurmctld only
 set -euo pipefail
 
 # slurmlab's slurm/ folder and this one, mounted read-only (docker-compose.yml).
@@ -20,6 +21,11 @@ readonly SLURM_ETC=/etc/slurm
 readonly MUNGE_KEY=/etc/munge/munge.key
 readonly DB_SECRET_DIR=/run/slurmlab/db
 readonly DB_PASSWORD_FILE=${DB_SECRET_DIR}/password
+# AuthAltParameters=jwt_key= in slurm/slurm.conf and slurm/slurmdbd.conf.template.
+readonly JWT_DIR=/etc/slurmlab/jwt
+readonly JWT_KEY=${JWT_DIR}/jwt_hs256.key
+# slurmrestd's own unprivileged user: Slurm refuses to run it as root or as SlurmUser.
+readonly REST_USER=slurmrest
 readonly JOB_USER=${SLURMLAB_JOB_USER:?set by the image}
 
 log() { printf '[slurmlab-entrypoint %s] %s\n' "$(hostname)" "$*" >&2; }
@@ -68,6 +74,25 @@ create_db_password() {
 ensure_db_password() {
     install -d -m 0700 "${DB_SECRET_DIR}"
     with_lock "${DB_SECRET_DIR}/.keygen.lock" create_db_password
+}
+
+# The REST API's HS256 key (auth/jwt): 32 random bytes, the size Slurm's JWT guide uses, readable
+# by SlurmUser only. slurmdbd and slurmctld share it through the "jwt" volume, which nothing else
+# mounts.
+create_jwt_key() {
+    if [[ ! -s ${JWT_KEY} ]]; then
+        log "creating this cluster's JWT key (REST API tokens)"
+        (umask 077 && head -c 32 /dev/urandom >"${JWT_KEY}.new")
+        mv "${JWT_KEY}.new" "${JWT_KEY}"
+    fi
+    chown slurm:slurm "${JWT_DIR}" "${JWT_KEY}"
+    chmod 0700 "${JWT_DIR}"
+    chmod 0400 "${JWT_KEY}"
+}
+
+ensure_jwt_key() {
+    install -d -m 0700 "${JWT_DIR}"
+    with_lock "${JWT_DIR}/.keygen.lock" create_jwt_key
 }
 
 # slurm.conf and cgroup.conf are read live from slurm/ (edit, then `scontrol reconfigure`);
@@ -122,6 +147,7 @@ EOF
 
 run_slurmdbd() {
     ensure_db_password
+    ensure_jwt_key
     start_munge
     link_slurm_config
     local password
@@ -249,6 +275,7 @@ sync_users() {
 }
 
 run_slurmctld() {
+    ensure_jwt_key
     start_munge
     link_slurm_config
     adopt_project_owner
@@ -266,6 +293,24 @@ run_slurmctld() {
         sacctmgr -i add cluster "${cluster}" >/dev/null
     fi
     exec slurmctld -D
+}
+
+# The REST API. slurmrestd holds no key: each request carries its caller's token (X-SLURM-USER-TOKEN),
+# which it hands on to slurmctld or slurmdbd, who check it (rest_auth/jwt; SLURM_JWT=daemon makes
+# slurmrestd's own client speak auth/jwt). It knows the same users as the login node. Unprivileged
+# containers may not unshare(2), which slurmrestd does by default to isolate each request's files
+# and SysV IPC from the daemon: SLURMRESTD_SECURITY turns that off here (it is a second fence; the
+# first, the caller's identity, is the token).
+run_slurmrestd() {
+    link_slurm_config
+    adopt_project_owner
+    create_site_users
+    getent passwd "${REST_USER}" >/dev/null \
+        || useradd --system --no-create-home --shell /usr/sbin/nologin "${REST_USER}"
+    exec setpriv --reuid "${REST_USER}" --regid "${REST_USER}" --init-groups \
+        env SLURM_JWT=daemon SLURMRESTD_SECURITY=disable_unshare_files,disable_unshare_sysv \
+        slurmrestd -a rest_auth/jwt -s openapi/slurmctld,openapi/slurmdbd \
+        -d "data_parser/${SLURMLAB_REST_API:?run through slurmlab}" 0.0.0.0:6820
 }
 
 # This node's share of the cluster's shape (`make up GPUS_PER_NODE=G`), from the CLI.
@@ -438,7 +483,8 @@ case ${1:-} in
     slurmdbd) run_slurmdbd ;;
     slurmctld) run_slurmctld ;;
     slurmd) run_slurmd ;;
+    slurmrestd) run_slurmrestd ;;
     users) sync_users ;;
-    "") die "no role given: expected one of mariadb, slurmdbd, slurmctld, slurmd" ;;
+    "") die "no role given: expected one of mariadb, slurmdbd, slurmctld, slurmd, slurmrestd" ;;
     *) exec "$@" ;;
 esac

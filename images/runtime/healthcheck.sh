@@ -3,6 +3,7 @@
 #   mariadb   answers a query
 #   slurmdbd  answers sacctmgr (over munge, from this container)
 #   slurmctld answers scontrol ping
+#   slurmrestd answers HTTP on its port (any status: without a token it is 401)
 #   slurmd    this node is registered with its GPUs (SLURMLAB_GPUS_PER_NODE) and takes jobs (idle,
 #             allocated, mixed or completing; not drained, down or unresponsive)
 # The slurmlab CLI runs the same command while it waits for a cluster: the one definition of ready.
@@ -12,6 +13,11 @@ case ${1:?usage: slurmlab-healthcheck ROLE} in
     mariadb) mariadb --protocol=socket -uroot -N -e 'SELECT 1' >/dev/null ;;
     slurmdbd) sacctmgr -n show cluster >/dev/null ;;
     slurmctld) scontrol ping | grep -q 'is UP' ;;
+    slurmrestd)
+        exec 3<>/dev/tcp/127.0.0.1/6820
+        printf 'GET /openapi/v3 HTTP/1.0\r\n\r\n' >&3
+        IFS= read -r -t 5 status <&3
+        [[ ${status} == HTTP/1.[01]\ [0-9][0-9][0-9]* ]] ;;
     slurmd)
         # one line per partition the node is in, all with the node's one state
         state=$(sinfo -h -n "$(hostname)" -o '%t %G' | sort -u)

@@ -130,16 +130,47 @@ def test_db_password_is_private_to_the_database_and_slurmdbd(cluster: Cluster) -
         ).returncode
 
 
+def test_jwt_key_is_one_per_cluster_0400_slurm_and_only_where_tokens_are_checked(
+    cluster: Cluster,
+) -> None:
+    """Through `docker exec` as root: the key is readable by SlurmUser only. slurmctld and
+    slurmdbd check tokens; slurmrestd, which faces callers, holds no key at all."""
+    keys = set()
+    for service in ["slurmctld", "slurmdbd"]:
+        stat = cluster.run(
+            "stat -c '%a %U %s' /etc/slurmlab/jwt/jwt_hs256.key", service=service, user="root"
+        )
+        assert stat.stdout.split() == ["400", "slurm", "32"], service
+        keys.add(
+            cluster.run(
+                "base64 -w0 /etc/slurmlab/jwt/jwt_hs256.key", service=service, user="root"
+            ).stdout
+        )
+    assert len(keys) == 1, "slurmctld and slurmdbd check tokens with the same key"
+    for service in ["slurmrestd", "node1"]:
+        for secret in ("/etc/slurmlab/jwt/jwt_hs256.key", "/etc/munge/munge.key"):
+            if service == "node1" and "munge" in secret:
+                continue
+            found = cluster.run(f"test -e {secret}", service=service, user="root", check=False)
+            assert found.returncode == 1, f"{secret} on {service}"
+    who = cluster.run("ps -o user= -C slurmrestd", service="slurmrestd", user="root").stdout
+    assert who.split() and set(who.split()) == {"slurmrest"}, "neither root nor SlurmUser"
+
+
 def test_secrets_never_reach_the_logs(cluster: Cluster) -> None:
     """Every container's log since it started (a fresh cluster's, with the secrets' creation:
     tests/cluster/test_projects.py, test_a_fresh_clusters_secrets_are_created_and_never_logged)."""
     password = cluster.run("cat /run/slurmlab/db/password", service="mariadb", user="root").stdout
     key = cluster.run("base64 -w0 /etc/munge/munge.key", service="slurmctld", user="root").stdout
-    assert len(password.strip()) >= 32 and len(key) > 1000
+    jwt = cluster.run(
+        "base64 -w0 /etc/slurmlab/jwt/jwt_hs256.key", service="slurmctld", user="root"
+    ).stdout
+    assert len(password.strip()) >= 32 and len(key) > 1000 and len(jwt) == 44
     logs = cluster.dc("logs", "--no-color").stdout
     assert "slurmdbd version" in logs and "slurmctld version" in logs  # the right logs
     assert password.strip() not in logs
     assert key[:64] not in logs
+    assert jwt not in logs
     rendered = cluster.run("cat /etc/slurm/slurmdbd.conf", service="slurmdbd", user="root").stdout
     assert password.strip() in rendered, "slurmdbd gets it only through its 0600 config"
 
@@ -169,7 +200,8 @@ def test_no_secret_in_any_image_layer() -> None:
     trainer's stack) come from images/python-layer.Dockerfile alone, requirement files and pip,
     which the history shows; the cluster's own secrets are made at its first start."""
     forbidden = re.compile(
-        r"(^|/)(etc/munge/munge\.key|etc/slurm/slurmdbd\.conf|run/slurmlab/db/.*)$"
+        r"(^|/)(etc/munge/munge\.key|etc/slurm/slurmdbd\.conf|run/slurmlab/db/.*"
+        r"|etc/slurmlab/jwt/.*)$"
     )
     slurm_image, image = images()["SLURMLAB_SLURM_IMAGE"], images()["SLURMLAB_IMAGE"]
     save = subprocess.Popen(["docker", "save", slurm_image], stdout=subprocess.PIPE)
@@ -201,20 +233,26 @@ def test_no_secret_in_any_image_layer() -> None:
     assert "munge.key" not in "".join(below).replace("rm -f /etc/munge/munge.key", "")
 
 
-def test_no_port_is_published_beyond_loopback(cluster: Cluster) -> None:
+def test_only_the_rest_api_is_published_and_only_on_loopback(cluster: Cluster) -> None:
     ids = cluster.dc("ps", "-q").stdout.split()
-    assert len(ids) == 7
+    assert len(ids) == 8, "mariadb, slurmdbd, slurmctld, slurmrestd and four nodes"
+    published = {}
     for cid in ids:
         ports = subprocess.run(
-            ["docker", "inspect", "-f", "{{json .HostConfig.PortBindings}}", cid],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        for host_ip in re.findall(r'"HostIp":"([^"]*)"', ports):
+            ["docker", "inspect", "-f",
+             '{{index .Config.Labels "com.docker.compose.service"}} '
+             "{{json .HostConfig.PortBindings}}", cid],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        service, bindings = ports.split(" ", 1)
+        for host_ip in re.findall(r'"HostIp":"([^"]*)"', bindings):
             assert host_ip == "127.0.0.1", (
-                f"container {cid} publishes a port on {host_ip or 'all interfaces'}"
+                f"{service} publishes a port on {host_ip or 'all interfaces'}"
             )
+        if re.search(r'"HostPort"', bindings):
+            published[service] = re.findall(r'"HostPort":"(\d+)"', bindings)
+    port = cluster.compose_env["SLURMLAB_REST_PORT"]
+    assert published == {"slurmrestd": [port]}, published
 
 
 def test_containers_are_not_privileged(cluster: Cluster) -> None:

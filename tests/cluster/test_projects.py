@@ -333,9 +333,18 @@ def test_two_projects_clusters_do_not_see_each_others_jobs_or_files(
         assert project.exec("test", "-e", f"{SHARED}/{theirs}.txt").returncode == 1
         assert project.exec("test", "-e", f"{SHARED}/{mine}.txt").returncode == 0
     assert other.exec("test", "-e", str(example.dir)).returncode == 1, "another project's folder"
+    rest = {project.name: rest_address(project) for project in (example, other)}
+    assert len(set(rest.values())) == 2, f"each cluster's REST API has its own port: {rest}"
     assert other.exec("cat", "notes.txt").stdout == "the other project's own file\n"
     failed = other.exec("sbatch", "--wait", "--wrap", "exit 3")
     assert failed.returncode == 3, "exec returns the command's status: sbatch --wait the job's"
+
+
+def rest_address(project: Project) -> str:
+    """The REST API's address as `slurmlab status` prints it (and the token lines give it)."""
+    found = re.search(r"REST API: +(http://127\.0\.0\.1:\d+)", project.ok("status"))
+    assert found, "slurmlab status names the REST API's address"
+    return found.group(1)
 
 
 def test_a_fresh_clusters_secrets_are_created_and_never_logged(other: Project) -> None:
@@ -348,15 +357,17 @@ def test_a_fresh_clusters_secrets_are_created_and_never_logged(other: Project) -
     )  # fmt: skip
     assert "creating this cluster's database password" in logs
     assert "creating this cluster's munge key" in logs
+    assert "creating this cluster's JWT key (REST API tokens)" in logs
     secrets = [
         subprocess.run(["docker", "exec", cid, "sh", "-c", command], capture_output=True,
                        text=True).stdout.strip()
         for cid in ids
         for command in ("cat /run/slurmlab/db/password 2>/dev/null",
-                        "base64 -w0 /etc/munge/munge.key 2>/dev/null | head -c 64")
+                        "base64 -w0 /etc/munge/munge.key 2>/dev/null | head -c 64",
+                        "base64 -w0 /etc/slurmlab/jwt/jwt_hs256.key 2>/dev/null")
     ]  # fmt: skip
     found = {secret for secret in secrets if secret}
-    assert len(found) == 2, "one DB password and one munge key, shared by the containers"
+    assert len(found) == 3, "one DB password, munge key and JWT key, shared by the containers"
     for secret in found:
         assert secret not in logs
 

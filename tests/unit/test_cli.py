@@ -402,10 +402,14 @@ def test_up_has_nothing_to_do_only_when_the_cluster_runs_exactly_its_target(
 ) -> None:
     cluster = Cluster(open_project(tmp_path), CLI)
     shape = resolve_shape(ShapeRequest(nodes="2"), ProjectConfig(), state.Recorded(), CLI, no_gpus)
-    target = Target(cluster, shape, "slurmlab-slurm:s", "slurmlab-deps:d", DEFAULT_SITE, "default")
+    target = Target(
+        cluster, shape, "slurmlab-slurm:s", "slurmlab-deps:d", DEFAULT_SITE, "default", 6820
+    )
     recorded = state.Recorded(compose_digest=target.digest())
     running = fake_containers(target)
     assert [c.image for c in running[:2]] == ["slurmlab-slurm:s"] * 2, "accounting: Slurm only"
+    assert target.image_of("slurmrestd") == "slurmlab-slurm:s", "the REST API: Slurm only"
+    assert "slurmrestd" in target.services
     assert target.is_running(running, recorded)
     assert not target.is_running(running, state.Recorded()), "never started by this CLI"
     assert not target.is_running(running[:-1], recorded), "a node is missing"
@@ -421,6 +425,41 @@ def test_up_has_nothing_to_do_only_when_the_cluster_runs_exactly_its_target(
     )
     assert roomier.digest() != target.digest(), "what the nodes offer is part of how they start"
     assert roomier.node.memory_mb == 32768 * shape.gpus_per_node
+    elsewhere = dataclasses.replace(target, rest_port=6821)
+    assert elsewhere.digest() != target.digest(), "the REST API's port is part of how it starts"
+
+
+def test_a_new_cluster_takes_the_first_free_rest_port_and_keeps_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Clusters side by side each get their own REST port on 127.0.0.1 (no Docker: the
+    published ports and the free ports are given)."""
+    monkeypatch.setenv("SLURMLAB_REST_PORT", "7100")
+    busy = {7100, 7101}
+    published: set[int] = {7102}
+    monkeypatch.setattr(docker, "published_ports", lambda: published)
+    monkeypatch.setattr(docker, "port_is_free", lambda port, host="127.0.0.1": port not in busy)
+    monkeypatch.setattr(Cluster, "service", lambda self, name: None)
+    cluster = Cluster(open_project(tmp_path), CLI)
+    assert cluster.rest_port() == 7103, "skips ports in use and those another cluster publishes"
+    state.save(cluster.project.state_dir, state.Recorded(rest_port=7104))
+    assert cluster.rest_port() == 7104, "a cluster keeps its port"
+    busy.add(7104)
+    assert cluster.rest_port() == 7103, "unless something else took it while it was down"
+    busy.update(range(7100, 7300))
+    with pytest.raises(SlurmlabError, match="SLURMLAB_REST_PORT"):
+        cluster.rest_port()
+
+
+def test_the_port_probe_sees_a_listening_socket() -> None:
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert not docker.port_is_free(port)
+    assert docker.port_is_free(port)
 
 
 # ---- the site a cluster takes ----------------------------------------------------------------
