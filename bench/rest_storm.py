@@ -35,6 +35,7 @@ class StormResult:
     records_s: float = 0.0  # first submission -> every job final in accounting
     rest_errors: list[str] = field(default_factory=list)  # answered errors, each then retried
     unanswered: int = 0  # REST requests with no answer at all (each then retried)
+    rest_slowest_s: float = 0.0  # the longest wait for one REST answer (an outage's mark)
     ctld_rss_mib: list[float] = field(default_factory=list)  # samples during the storm
     final: dict[int, str] = field(default_factory=dict)  # job -> state in accounting
     queued_names: int = 0  # jobs of this storm Slurm knows (no duplicate, no ghost)
@@ -63,6 +64,7 @@ class Storm:
             "environment": ["PATH=/usr/bin:/bin"],
         }
         for _ in range(RETRIES):
+            asked = time.monotonic()
             try:
                 job_id = self.client.submit(job)
             except RestError as err:
@@ -75,15 +77,17 @@ class Storm:
                 continue
             with lock:
                 result.rest_ids.append(job_id)
+                result.rest_slowest_s = max(result.rest_slowest_s, time.monotonic() - asked)
             return
         raise RestError(f"a REST client gave up after {RETRIES} tries: {result.rest_errors[-1:]}")
 
-    def sbatch_client(self, name: str, count: int) -> list[int]:
+    def sbatch_client(self, name: str, count: int, pace_s: float = 0.0) -> list[int]:
         """One client: `count` sbatch calls in a row, in one login shell. While the controller
         is away sbatch fails ("Unable to contact slurm controller"): the client tries again, as
         a site's submission scripts do."""
         script = (
-            f"for i in $(seq {count}); do id=; for try in $(seq {RETRIES}); do "
+            f"for i in $(seq {count}); do if [ $i -gt 1 ]; then sleep {pace_s}; fi; "
+            f"id=; for try in $(seq {RETRIES}); do "
             f"id=$(sbatch --parsable -J {name} -o /dev/null --wrap true) && break; "
             'echo "retrying: sbatch failed" >&2; sleep 1; done; '
             '[ -n "$id" ] || exit 1; echo "$id"; done'
@@ -96,13 +100,18 @@ class Storm:
         clients: int = 8,
         disrupt: Callable[[], None] | None = None,
         timeout_s: float = 900,
+        pace_s: float = 0.0,
     ) -> StormResult:
-        """`jobs` jobs, half over REST and half through sbatch, `clients` clients of each;
-        `disrupt` runs once a quarter of the REST jobs are in."""
+        """`jobs` jobs, half over REST and half through sbatch, `clients` clients of each, each
+        client waiting `pace_s` between its jobs (0: as fast as it can); `disrupt` runs once a
+        quarter of the REST jobs are in."""
         name = f"storm-{uuid.uuid4().hex[:8]}"
         result, lock, stop = StormResult(), threading.Lock(), threading.Event()
         rest_jobs, sbatch_jobs = jobs - jobs // 2, jobs // 2
-        shares = [sbatch_jobs // clients + (i < sbatch_jobs % clients) for i in range(clients)]
+
+        def shares(count: int) -> list[int]:  # jobs per client, none empty
+            split = [count // clients + (i < count % clients) for i in range(clients)]
+            return [share for share in split if share]
 
         def sample_memory() -> None:
             while not stop.is_set():
@@ -111,20 +120,23 @@ class Storm:
                     result.ctld_rss_mib.append(self.rss_of_controller())
                 stop.wait(0.5)
 
+        def rest_client(count: int) -> None:
+            for i in range(count):
+                if i:
+                    time.sleep(pace_s)
+                self.rest_submit(name, result, lock)
+
         def rest_all() -> None:
             started = time.monotonic()
             with ThreadPoolExecutor(clients) as pool:
-                for future in [
-                    pool.submit(self.rest_submit, name, result, lock) for _ in range(rest_jobs)
-                ]:
-                    future.result()
+                list(pool.map(rest_client, shares(rest_jobs)))
             result.rest_submit_s = time.monotonic() - started
 
         def sbatch_all() -> None:
             started = time.monotonic()
             with ThreadPoolExecutor(clients) as pool:
                 for ids in pool.map(
-                    lambda n: self.sbatch_client(name, n), [s for s in shares if s]
+                    lambda n: self.sbatch_client(name, n, pace_s), shares(sbatch_jobs)
                 ):
                     result.sbatch_ids += ids
             result.sbatch_submit_s = time.monotonic() - started
@@ -159,18 +171,23 @@ class Storm:
 
     def accounted(self, name: str, ids: list[int], result: StormResult) -> bool:
         """Every job has a final state in accounting (sacct on the login node)."""
-        try:
-            rows = self.login(f"sacct -X -n -P -S now-1days --name {name} -o JobID,State")
-        except Exception:  # whatever `login` raises: slurmdbd is away
-            return False
+        rows = self.login(f"sacct -X -n -P -S now-1days --name {name} -o JobID,State")
         states = dict(row.split("|", 1) for row in rows.split() if "|" in row)
         result.final = {job: states.get(str(job), "").split()[0] if states.get(str(job)) else ""
                         for job in ids}  # fmt: skip
         return all(state in FINAL_STATES for state in result.final.values())
 
     @staticmethod
+    def answered(done: Callable[[], bool]) -> bool:
+        """done(), or False while the daemon it asks is away (whatever `login` raises then)."""
+        try:
+            return done()
+        except Exception:
+            return False
+
+    @staticmethod
     def wait(done: Callable[[], bool], started: float, timeout_s: float) -> None:
-        while not done():
+        while not Storm.answered(done):
             if time.monotonic() - started > timeout_s:
                 raise TimeoutError(f"the storm did not drain in {timeout_s:.0f} s")
             time.sleep(0.5)

@@ -32,22 +32,33 @@ from slurmlab.project import open_project
 STYLE_VARIABLE = "SLURMLAB_COMMAND_STYLE"
 
 
-def parser() -> argparse.ArgumentParser:
+def which_cluster(default: object = None) -> argparse.ArgumentParser:
+    """--project, --config, --name. A subcommand's copy (`site --name N check`) takes
+    default=SUPPRESS, so that it keeps what was given before the subcommand's name."""
     common = argparse.ArgumentParser(add_help=False)
     where = common.add_argument_group("which cluster")
     where.add_argument(
         "--project",
         type=Path,
         metavar="DIR",
+        default=default,
         help="the project folder (default: found from the current folder)",
     )
     where.add_argument(
         "--config",
         type=Path,
         metavar="FILE",
+        default=default,
         help="the project's config (default: <project>/slurmlab.yaml)",
     )
-    where.add_argument("--name", help="the cluster's name (default: from the config or folder)")
+    where.add_argument(
+        "--name", default=default, help="the cluster's name (default: from the config or folder)"
+    )
+    return common
+
+
+def parser() -> argparse.ArgumentParser:
+    common = which_cluster()
 
     shape = argparse.ArgumentParser(add_help=False)
     sizes = shape.add_argument_group(
@@ -146,7 +157,7 @@ def parser() -> argparse.ArgumentParser:
         help="check a site description and print what the cluster would run from it",
         description="check a site description (every problem at once) and print the slurm.conf "
         "part and the users it gives; with a running cluster, also what `up` would change",
-        parents=[common, site_option],
+        parents=[which_cluster(argparse.SUPPRESS), site_option],
     )
     check.set_defaults(site_command="check")
     importer = site_commands.add_parser(

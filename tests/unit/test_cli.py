@@ -535,3 +535,19 @@ def test_a_controller_started_by_another_slurmlab_is_asked_with_a_minimal_client
     assert "SlurmctldHost=slurmctld" in slurm.MINIMAL_CLIENT_CONF
     slurm.Controller(login).run("squeue", "-h")
     assert seen[1][-2:] == ["squeue", "-h"] and "sh" not in seen[1], "the mounted config by default"
+
+
+@pytest.mark.parametrize(
+    ("argv", "name", "project"),
+    [
+        (["site", "--name", "n", "--project", "/p", "check"], "n", Path("/p")),
+        (["site", "check", "--name", "m"], "m", None),
+        (["site", "--name", "n", "check", "--name", "m"], "m", None),
+        (["site", "check"], None, None),
+    ],
+)
+def test_site_check_keeps_the_cluster_named_before_or_after_check(
+    argv: list[str], name: str | None, project: Path | None
+) -> None:
+    args = parser().parse_args(argv)
+    assert (args.name, args.project, args.site_command) == (name, project, "check")
