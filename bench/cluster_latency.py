@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 from bench.job_probe import REPO, sh
-from bench.rest_storm import Storm, report
+from bench.rest_storm import CONTROLLER_RSS_KIB, Storm, report, rss_mib
 from jobs.rest_submit import Client
 
 PROJECT, ENV = "slurmlab-bench", {**os.environ, "PYTHONPATH": str(REPO)}  # this checkout's CLI
@@ -129,11 +129,10 @@ def storm() -> dict[str, float]:
     controller = sh("docker", "ps", "-qf", f"name={PROJECT}.slurmctld").strip()
 
     def rss() -> float:
-        try:  # ps exits 1 when no process has the name
-            kib = sh("docker", "exec", controller, "ps", "-o", "rss=", "-C", "slurmctld")
-        except RuntimeError as err:
-            raise ValueError("slurmctld is not running") from err
-        return int(kib.split()[0]) / 1024
+        try:
+            return rss_mib(sh("docker", "exec", controller, "bash", "-c", CONTROLLER_RSS_KIB))
+        except RuntimeError as err:  # the container is away
+            raise ValueError(str(err)) from err
 
     def login(script: str) -> str:
         return slurmlab("exec", "--name", PROJECT, "--", "bash", "-c", script)

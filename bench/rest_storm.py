@@ -22,7 +22,17 @@ from dataclasses import dataclass, field
 from jobs.rest_submit import FINAL_STATES, Client, RestError
 
 RETRIES = 40  # per job, one second apart: rides out a controller restart
+# slurmctld's resident memory (KiB), run by a shell on its container. Found by its command line
+# (`slurmctld -D`): Debian's process is named slurmctld-wlm, so `ps -C slurmctld` misses it.
+CONTROLLER_RSS_KIB = "ps -eo rss=,args= | awk '$2 ~ /(^|\\/)slurmctld$/ {print $1; exit}'"
 JOB_SCRIPT = "#!/bin/bash\ntrue\n"
+
+
+def rss_mib(kib: str) -> float:
+    """CONTROLLER_RSS_KIB's output in MiB; ValueError while slurmctld is not running."""
+    if not kib.strip():
+        raise ValueError("slurmctld is not running")
+    return int(kib.split()[0]) / 1024
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from conftest import CHECKOUT, JOB_USER, PROJECT, REPO, SHARED, Cluster, make
 
-from bench.rest_storm import Storm, StormResult
+from bench.rest_storm import CONTROLLER_RSS_KIB, Storm, StormResult, rss_mib
 from jobs.rest_submit import API, Client, RestError
 
 ALICE = "alice"  # the default site's second user (slurm/site.yaml)
@@ -280,10 +280,7 @@ def restarts(cluster: Cluster) -> str:
 
 def storm(cluster: Cluster, rest: Token) -> Storm:
     def rss() -> float:
-        kib = cluster.run("ps -o rss= -C slurmctld", user="root", check=False).stdout.split()
-        if not kib:
-            raise ValueError("slurmctld is not running")  # restarting: the storm skips a sample
-        return int(kib[0]) / 1024
+        return rss_mib(cluster.run(CONTROLLER_RSS_KIB, user="root", check=False).stdout)
 
     # The sbatch clients' shells, squeue and sacct run on a compute node, as the job user: here
     # the login node is the controller's container, and restarting that container would end the
@@ -299,6 +296,7 @@ def check_storm(result: StormResult, jobs: int) -> None:
     assert len(ids) == jobs and len(set(ids)) == jobs, "every client got its job's id"
     assert set(result.final.values()) == {"COMPLETED"}, result.final
     assert result.queued_names == jobs, "no job lost, none submitted twice"
+    assert result.ctld_rss_mib and min(result.ctld_rss_mib) > 1, "slurmctld's memory was sampled"
 
 
 def test_a_storm_through_a_controller_restart_loses_no_job(cluster: Cluster, rest: Token) -> None:
