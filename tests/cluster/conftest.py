@@ -339,6 +339,21 @@ def cancel_leftover_jobs(project: str) -> None:
         time.sleep(1)
 
 
+def set_aside_logs_of_an_earlier_cluster(c: Cluster) -> None:
+    """A cluster made again (make test-clean) numbers its jobs from 1 again, and the job files'
+    --open-mode=append would add a new job's log to an earlier cluster's slurm-<id>.out in the
+    checkout, which the tests then read. Those files (ids this cluster has not given yet) are
+    moved, not removed, to .slurmlab/<project>/earlier-logs/."""
+    given = c.login("sacct -a -X -n -P -o JobID -S 2000-01-01 | cut -d_ -f1", timeout=120)
+    last = max((int(i) for i in given.split() if i.isdigit()), default=0)
+    aside = CHECKOUT / ".slurmlab" / PROJECT / "earlier-logs"
+    for log in CHECKOUT.glob("slurm-*.out"):
+        job = log.name.removeprefix("slurm-").removesuffix(".out")
+        if job.isdigit() and int(job) > last:
+            aside.mkdir(parents=True, exist_ok=True)
+            log.rename(aside / f"{log.name}.{int(log.stat().st_mtime)}")
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     cancel_leftover_jobs(PROJECT)
@@ -348,4 +363,5 @@ def cluster() -> Iterator[Cluster]:
         pytest.fail(f"make up failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     c = Cluster(PROJECT, up_seconds=time.monotonic() - started)
     c.run(f"mkdir -p {SHARED}/tests/logs")
+    set_aside_logs_of_an_earlier_cluster(c)
     yield c
